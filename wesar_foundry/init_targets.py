@@ -1,0 +1,66 @@
+"""Target standard deviations per matrix role (core: imports nothing but the stdlib).
+
+A *target* init asks each role for a std σ_i (method doc §2). Every reparameterization then
+reproduces W̄ ~ N(0, σ_i) at init, whatever it stores.
+
+The embedding is special for every target ("Spike No More"): its *output* has std 1, so its
+effective target std is 1. A plain model stores the embedding with ``stored_embedding_std`` and
+multiplies its output by the constant ``1 / stored_embedding_std`` (choice: the stored std is the
+target's base std, √(1/d) for He and √(2/(5d)) for Small).
+"""
+
+from __future__ import annotations
+
+import math
+
+ROLES = ('emb', 'q', 'k', 'v', 'o', 'up', 'gate', 'down', 'head')
+TARGETS = ('he', 'small')
+
+# Roles whose output is added to the residual stream: GPT-2-style inits shrink them by 1/√(2N).
+RESIDUAL_ROLES = ('o', 'down')
+
+
+def check_target(target: str, key: str = 'init_config.target') -> str:
+    """Return ``target`` or raise a ValueError naming the key and the allowed values."""
+    if target not in TARGETS:
+        raise ValueError(f'{key}={target!r} is not a known init target; allowed: {", ".join(TARGETS)}')
+    return target
+
+
+def check_sigma(sigma2: float, key: str = 'init_config.sigma2') -> float:
+    """Return σ = √σ² or raise a ValueError naming the key."""
+    if not isinstance(sigma2, (int, float)) or isinstance(sigma2, bool) or not sigma2 > 0 or math.isinf(sigma2):
+        raise ValueError(f'{key}={sigma2!r} must be a finite number > 0 (the paper uses 4e-5)')
+    return math.sqrt(float(sigma2))
+
+
+def base_std(target: str, d_model: int) -> float:
+    """The std a target gives an ordinary fan-in-d matrix (q, k, v, up, gate, head)."""
+    check_target(target)
+    return math.sqrt(1.0 / d_model) if target == 'he' else math.sqrt(2.0 / (5.0 * d_model))
+
+
+def stored_embedding_std(target: str, d_model: int) -> float:
+    """The std a plain (non-gated) model stores its embedding with; its output is scaled by 1/this."""
+    return base_std(target, d_model)
+
+
+def target_std(role: str, target: str, d_model: int, n_layers: int, fan_in: int | None = None) -> float:
+    """σ_i: the std of the effective weight W̄ of ``role`` under ``target`` (method doc §2 table).
+
+    ``fan_in`` matters only for ``down`` under He (4d for the paper's GeLU MLP; the SwiGLU hidden
+    size otherwise); it defaults to 4·d_model.
+    """
+    if role not in ROLES:
+        raise ValueError(f'role={role!r} is not a known matrix role; allowed: {", ".join(ROLES)}')
+    if role == 'emb':
+        return 1.0
+    base = base_std(target, d_model)
+    if role not in RESIDUAL_ROLES:
+        return base
+    depth = math.sqrt(2.0 * n_layers)
+    if target == 'small' or role == 'o':
+        return base / depth
+    # He for W_d: fan-in 4d, gain 2, then /√(2N): √(2 / (fan_in · 2N)).
+    fan_in = 4 * d_model if fan_in is None else fan_in
+    return math.sqrt(2.0 / fan_in) / depth

@@ -1,0 +1,93 @@
+"""``WeSaRLlamaForCausalLM``: transformers' Llama with every matrix reparameterized.
+
+The module tree and parameter names are Llama's (``model.layers.3.self_attn.q_proj.weight``), plus
+each method's gains (``...q_proj.alpha`` for WeSaR). The paper's MLP is two matrices with an exact
+GeLU; ``mlp_type: swiglu`` gives Llama's gated MLP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+
+from wesar_foundry.model.config import WeSaRLlamaConfig
+from wesar_foundry.reparam import (
+    PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
+)
+
+
+def make_matrix(config: WeSaRLlamaConfig, rows: int, cols: int, role: str, kind: str = 'linear') -> ReparamMatrix:
+    """The module ``config.reparam`` asks for, for one matrix of ``role``."""
+    reparam = config.reparam
+    if reparam == 'wesar':
+        return WeSaRMatrix(rows, cols, role, kind)
+    if reparam == 'weight_norm':
+        return WeightNormMatrix(rows, cols, role, kind)
+    if reparam == 'sigma_reparam':
+        return SigmaReparamMatrix(rows, cols, role, kind, gamma_init=config.sigma_reparam_gamma_init)
+    if role == 'emb':
+        # "Spike No More": a plain embedding's output is scaled to std 1 by a constant.
+        from wesar_foundry.init_targets import stored_embedding_std
+        return PlainMatrix(rows, cols, role, kind, scale=1.0 / stored_embedding_std(config.init_target, config.hidden_size))
+    if reparam == 'residual_scaling':
+        return ResidualScaledMatrix(rows, cols, role, kind, n_layers=config.num_hidden_layers)
+    return PlainMatrix(rows, cols, role, kind)
+
+
+class WeSaRLlamaMLP(nn.Module):
+    """gelu: down(GeLU(up x)), the paper's two matrices; swiglu: down(SiLU(gate x) ⊙ up x)."""
+
+    def __init__(self, config: WeSaRLlamaConfig):
+        super().__init__()
+        d, h = config.hidden_size, config.intermediate_size
+        self.mlp_type = config.mlp_type
+        if self.mlp_type == 'swiglu':
+            self.gate_proj = make_matrix(config, h, d, 'gate')
+        self.up_proj = make_matrix(config, h, d, 'up')
+        self.down_proj = make_matrix(config, d, h, 'down')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp_type == 'swiglu':
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x)))  # exact (erf) GeLU, as the paper
+
+
+class WeSaRLlamaForCausalLM(LlamaForCausalLM):
+    """Llama with reparameterized matrices. Initialization is done by a registered init function
+    (see ``wesar_foundry.model.init``), called by the Composer wrapper or per module under FSDP."""
+
+    config_class = WeSaRLlamaConfig
+
+    def __init__(self, config: WeSaRLlamaConfig):
+        super().__init__(config)
+        d, v = config.hidden_size, config.vocab_size
+        self.model.embed_tokens = make_matrix(config, v, d, 'emb', kind='embedding')
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            q_rows = config.num_attention_heads * attn.head_dim
+            kv_rows = config.num_key_value_heads * attn.head_dim
+            attn.q_proj = make_matrix(config, q_rows, d, 'q')
+            attn.k_proj = make_matrix(config, kv_rows, d, 'k')
+            attn.v_proj = make_matrix(config, kv_rows, d, 'v')
+            attn.o_proj = make_matrix(config, d, q_rows, 'o')
+            layer.mlp = WeSaRLlamaMLP(config)
+        self.lm_head = make_matrix(config, v, d, 'head')
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers calls this for weights missing from a checkpoint; ours are drawn by the
+        # registered init function, which the Composer wrapper applies after construction.
+        # The nn.Linear/nn.Embedding that Llama builds are replaced right away: skip drawing them.
+        if not isinstance(module, (ReparamMatrix, nn.Linear, nn.Embedding)):
+            super()._init_weights(module)
+
+    def reparam_modules(self) -> dict[str, ReparamMatrix]:
+        """Every reparameterized matrix by its qualified name."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, ReparamMatrix)}
+
+
+AutoConfig.register(WeSaRLlamaConfig.model_type, WeSaRLlamaConfig, exist_ok=True)
+AutoModelForCausalLM.register(WeSaRLlamaConfig, WeSaRLlamaForCausalLM, exist_ok=True)

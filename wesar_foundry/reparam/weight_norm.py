@@ -1,0 +1,25 @@
+"""Weight Normalization (Salimans & Kingma 2016): w̄_r = g_r · w_r / ‖w_r‖, one gain per row."""
+
+from __future__ import annotations
+
+import torch
+
+from wesar_foundry.reparam.base import ReparamMatrix, _normal_, new_gate
+
+
+class WeightNormMatrix(ReparamMatrix):
+    """W ~ N(0, σ); the row gains g start at (σ_i/σ)·‖w_r‖ so that W̄ = (σ_i/σ)·W at init."""
+
+    def __init__(self, rows: int, cols: int, role: str, kind: str = 'linear', device=None, dtype=None):
+        super().__init__(rows, cols, role, kind, device, dtype)
+        self.g = new_gate((rows,), device)
+
+    def gain(self) -> torch.Tensor:
+        # The norm is differentiated through: that is what makes it a normalization.
+        norm = torch.linalg.vector_norm(self.weight.float(), dim=1)
+        return (self.g / norm).unsqueeze(1)
+
+    def init_(self, target_std: float, sigma: float, generator: torch.Generator | None = None) -> None:
+        _normal_(self.weight, sigma, generator)
+        with torch.no_grad():
+            self.g.copy_(torch.linalg.vector_norm(self.weight.float(), dim=1) * (target_std / sigma))
