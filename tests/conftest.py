@@ -1,0 +1,40 @@
+"""Shared fixtures: a small prepared dataset (built offline, once) and tiny train configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.helpers import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = ROOT / 'yamls' / 'tiny' / 'wesar.yaml'
+
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory) -> Path:
+    """Tokenizer + train/val MDS from the embedded default corpus, capped for speed."""
+    from wesar_foundry.data import PrepareConfig, prepare
+    out = tmp_path_factory.mktemp('data') / 'wesar-data'
+    return prepare(PrepareConfig(out=str(out), vocab_size=512, seq_len=32, max_chars=200_000))
+
+
+@pytest.fixture
+def train_cfg(tiny_data, tmp_path):
+    """A function giving the shipped tiny YAML, shrunk, on ``tiny_data``, with dotlist overrides."""
+
+    def make(*overrides: str, **model: object):
+        cfg = OmegaConf.load(TINY_YAML)
+        cfg.variables.data_local = str(tiny_data)
+        cfg.variables.max_seq_len = TINY_MODEL['max_seq_len']
+        cfg.model.update({**TINY_MODEL, **model})
+        base = ['max_duration=10ba', 'eval_interval=5ba', 'eval_subset_num_batches=2', 'global_train_batch_size=8',
+                'device_train_batch_size=8', 'device_train_microbatch_size=8', 'device_eval_batch_size=8',
+                'console_log_interval=100ba', 'scheduler.t_warmup=2ba', f'run_name=t-{tmp_path.name}',
+                'callbacks={}', 'loggers={inmemory: {}}']
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(base + list(overrides)))
+
+    return make

@@ -1,0 +1,170 @@
+"""The WeSaR Llama: gates, init statistics, function at init, meta-device init, Adam invariance."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from tests.helpers import TINY_MODEL, batch, build_model
+from wesar_foundry.init_targets import stored_embedding_std, target_std
+from wesar_foundry.reparam import PlainMatrix, ReparamMatrix, WeSaRMatrix
+
+SIGMA = math.sqrt(4e-5)
+D, N = TINY_MODEL['d_model'], TINY_MODEL['n_layers']
+
+
+def reparam_modules(composer_model) -> dict[str, ReparamMatrix]:
+    return composer_model.model.reparam_modules()
+
+
+def test_every_matrix_carries_one_fp32_gate_named_alpha():
+    model = build_model(mlp_type='swiglu')
+    mats = reparam_modules(model)
+    # emb + (q, k, v, o, gate, up, down) per layer + head
+    assert len(mats) == 2 + 7 * N
+    assert {m.role for m in mats.values()} == {'emb', 'q', 'k', 'v', 'o', 'gate', 'up', 'down', 'head'}
+    gates = {n: p for n, p in model.named_parameters() if re.search(r'\.alpha$', n)}
+    assert len(gates) == len(mats)
+    assert all(p.shape == (1,) and p.dtype == torch.float32 and p.requires_grad for p in gates.values())
+    assert not [n for n, p in model.named_parameters() if 'alpha' in n and n not in gates]
+
+
+def test_gelu_mlp_has_two_matrices_and_no_biases():
+    model = build_model()
+    mlp = model.model.model.layers[0].mlp
+    assert not hasattr(mlp, 'gate_proj')
+    assert mlp.up_proj.weight.shape == (4 * D, D) and mlp.down_proj.weight.shape == (D, 4 * D)
+    assert not [n for n, _ in model.named_parameters() if 'bias' in n]
+
+
+def test_raw_weights_have_std_sigma_and_gates_carry_the_target():
+    torch.manual_seed(0)
+    model = build_model(d_model=128, n_layers=4, n_heads=4, vocab_size=2048)
+    for name, m in reparam_modules(model).items():
+        assert isinstance(m, WeSaRMatrix)
+        assert m.weight.std().item() == pytest.approx(SIGMA, rel=0.05), name
+        fan_in = m.in_features if m.kind == 'linear' else None
+        assert m.alpha.item() * SIGMA == pytest.approx(target_std(m.role, 'he', 128, 4, fan_in), rel=1e-6), name
+    assert model.model.model.embed_tokens.alpha.item() == pytest.approx(1 / SIGMA, rel=1e-6)
+
+
+@pytest.mark.parametrize('reparam, target', [('wesar', 'he'), ('none', 'he'), ('none', 'small'), ('wesar', 'small')])
+def test_embedding_output_has_std_one(reparam, target):
+    torch.manual_seed(0)
+    model = build_model(d_model=128, vocab_size=2048, reparam=reparam, init_config={'name': 'wesar_', 'target': target})
+    emb = model.model.model.embed_tokens(torch.arange(2048))
+    assert emb.std().item() == pytest.approx(1.0, rel=0.03)
+
+
+def test_plain_init_draws_the_targets_directly():
+    torch.manual_seed(0)
+    model = build_model(d_model=128, n_layers=4, n_heads=4, vocab_size=2048, reparam='none', init_config={'name': 'small'})
+    for name, m in reparam_modules(model).items():
+        assert isinstance(m, PlainMatrix) and not list(m.parameters(recurse=False))[1:]
+        if m.role == 'emb':
+            assert m.weight.std().item() == pytest.approx(stored_embedding_std('small', 128), rel=0.05)
+        else:
+            assert m.weight.std().item() == pytest.approx(target_std(m.role, 'small', 128, 4), rel=0.05), name
+
+
+def copy_effective_weights(src, dst) -> None:
+    """Give a plain model ``dst`` the effective weights of ``src``."""
+    src_m, dst_m = reparam_modules(src), reparam_modules(dst)
+    with torch.no_grad():
+        for name, m in dst_m.items():
+            m.weight.copy_(src_m[name].merged_weight() / m.scale)
+
+
+def test_wesar_at_init_computes_exactly_the_he_network():
+    torch.manual_seed(0)
+    wesar = build_model()
+    he = build_model(reparam='none', init_config={'name': 'he'})
+    copy_effective_weights(wesar, he)
+    b = batch()
+    with torch.no_grad():
+        assert torch.allclose(wesar(b), he(b), atol=1e-5, rtol=0)
+
+
+def test_gates_are_cast_to_the_activation_dtype():
+    model = build_model()
+    model.model.to(torch.bfloat16)
+    for m in reparam_modules(model).values():
+        m.alpha.data = m.alpha.data.float()  # fp32 masters, bf16 weights, as under mixed precision
+    with torch.no_grad():
+        logits = model(batch())
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def meta_then_per_module_init(**model_kwargs):
+    """What Composer's FSDP does: build on meta, then per module ``to_empty`` + ``param_init_fn``."""
+    from wesar_foundry.model.composer import WeSaRComposerModel
+    model = WeSaRComposerModel(init_device='meta', **{**TINY_MODEL, **model_kwargs})
+    hf = model.model
+    assert all(p.is_meta for p in hf.parameters())
+    for module in hf.modules():
+        owned = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        if any(t.is_meta for t in owned):
+            module.to_empty(device='cpu', recurse=False)
+            hf.param_init_fn(module)
+    return model
+
+
+@pytest.mark.parametrize('mlp_type', ['gelu', 'swiglu'])
+def test_meta_device_init_equals_eager_init_in_distribution(mlp_type):
+    kwargs = dict(d_model=128, n_layers=4, n_heads=4, vocab_size=2048, mlp_type=mlp_type)
+    torch.manual_seed(1)
+    eager = build_model(**kwargs)
+    torch.manual_seed(2)
+    meta = meta_then_per_module_init(**kwargs)
+    assert not [n for n, t in list(meta.named_parameters()) + list(meta.named_buffers()) if t.is_meta]
+    eager_m, meta_m = reparam_modules(eager), reparam_modules(meta)
+    for name, m in meta_m.items():
+        assert m.alpha.item() == eager_m[name].alpha.item(), name
+        assert m.weight.std().item() == pytest.approx(eager_m[name].weight.std().item(), rel=0.08), name
+        assert m.weight.mean().abs().item() < 0.1 * SIGMA, name
+    for (name, a), (_, b) in zip(eager.model.named_buffers(), meta.model.named_buffers()):
+        assert torch.equal(a, b), name  # RoPE tables
+    norms = [p for n, p in meta.named_parameters() if 'norm' in n]
+    assert norms and all(torch.equal(p, torch.ones_like(p)) for p in norms)
+    with torch.no_grad():
+        assert torch.isfinite(meta(batch())).all()
+
+
+def test_adam_update_of_raw_weights_does_not_depend_on_how_the_scale_is_split():
+    """Two WeSaR models computing the same function, σ differing 10×, gates frozen: the first Adam
+    step moves every raw weight by the same ΔW (up to Adam's ε)."""
+    torch.manual_seed(0)
+    a = build_model(init_config={'name': 'wesar_', 'sigma2': 4e-5})
+    b = build_model(init_config={'name': 'wesar_', 'sigma2': 4e-3})
+    k = 10.0  # σ_b / σ_a
+    with torch.no_grad():
+        for name, mb in reparam_modules(b).items():
+            ma = reparam_modules(a)[name]
+            mb.weight.copy_(ma.weight * k)
+            mb.alpha.copy_(ma.alpha / k)
+    x = batch()
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-5)
+    deltas = []
+    for model in (a, b):
+        gates = [p for n, p in model.named_parameters() if n.endswith('alpha')]
+        for p in gates:
+            p.requires_grad_(False)
+        weights = [p for n, p in model.named_parameters() if not n.endswith('alpha')]
+        before = [p.detach().clone() for p in weights]
+        opt = torch.optim.Adam(weights, lr=1e-3, eps=1e-12)
+        model.loss(model(x), x)['total'].backward()
+        opt.step()
+        # Adam's first step is ±lr·g/(|g|+ε): the gradient's scale (here α) cancels out.
+        deltas.append({n: (p.detach() - w0) for (n, p), w0 in zip(
+            [(n, p) for n, p in model.named_parameters() if not n.endswith('alpha')], before)})
+    mats = reparam_modules(a)
+    checked = 0
+    for name in mats:
+        da, db = deltas[0][f'model.{name}.weight'], deltas[1][f'model.{name}.weight']
+        assert torch.allclose(da, db, atol=1e-6 * 1e-3 * 100, rtol=1e-4), name
+        checked += 1
+    assert checked == len(mats)

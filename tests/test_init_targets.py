@@ -1,0 +1,39 @@
+"""The target-std tables of the method doc, §2."""
+
+import math
+
+import pytest
+
+from wesar_foundry.init_targets import target_std
+
+SIGMA = math.sqrt(4e-5)
+
+
+@pytest.mark.parametrize('d, n, gates', [
+    # The method doc's worked gate values for σ² = 4e-5.
+    (2048, 24, {'q': 3.49386, 'k': 3.49386, 'v': 3.49386, 'up': 3.49386, 'head': 3.49386, 'o': 0.50429, 'down': 0.35659, 'emb': 158.114}),
+    (5120, 40, {'q': 2.20971, 'up': 2.20971, 'head': 2.20971, 'o': 0.24705, 'down': 0.17469, 'emb': 158.114}),
+])
+def test_he_gates_match_the_paper(d, n, gates):
+    for role, alpha in gates.items():
+        assert target_std(role, 'he', d, n) / SIGMA == pytest.approx(alpha, rel=2e-5), role  # the doc rounds to 6 digits
+
+
+def test_small_init_is_two_fifths_over_d_with_residual_roles_shrunk():
+    d, n = 768, 12
+    base = math.sqrt(2 / (5 * d))
+    assert target_std('q', 'small', d, n) == pytest.approx(base)
+    assert target_std('head', 'small', d, n) == pytest.approx(base)
+    assert target_std('o', 'small', d, n) == pytest.approx(base / math.sqrt(2 * n))
+    assert target_std('down', 'small', d, n) == pytest.approx(base / math.sqrt(2 * n))
+
+
+def test_he_down_uses_the_mlp_fan_in():
+    assert target_std('down', 'he', 64, 4, fan_in=256) == pytest.approx(math.sqrt(2 / (8 * 4 * 64)))
+    assert target_std('down', 'he', 64, 4, fan_in=100) == pytest.approx(math.sqrt(2 / (100 * 8)))
+
+
+@pytest.mark.parametrize('role, target', [('bias', 'he'), ('q', 'xavier')])
+def test_unknown_role_or_target_is_refused_with_the_allowed_values(role, target):
+    with pytest.raises(ValueError, match='allowed'):
+        target_std(role, target, 64, 2)
