@@ -69,3 +69,11 @@ def test_a_failed_prepare_leaves_no_half_written_output(tmp_path):
     with pytest.raises(ValueError, match='no sample'):
         prepare(PrepareConfig(out=str(tmp_path / 'd'), sources=[str(src)], vocab_size=300, seq_len=64))
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_val_percent_100_writes_an_eval_only_set(tmp_path):
+    src = tmp_path / 'wiki.txt'
+    src.write_text(TEXT)
+    out = prepare(PrepareConfig(out=str(tmp_path / 'd'), sources=[str(src)], vocab_size=300, seq_len=16, val_percent=100))
+    assert (out / 'val').is_dir() and not (out / 'train').exists()
+    assert json.loads((out / MANIFEST).read_text())['samples'] == {'val': len(StreamingDataset(local=str(out), split='val', shuffle=False))}

@@ -202,8 +202,8 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
     interrupted run leaves no half-written dataset behind.
     """
     check_sources(cfg.sources)
-    if cfg.seq_len < 2 or cfg.vocab_size < 300 or not 0 < cfg.val_percent < 100:
-        raise ValueError('seq_len must be >= 2, vocab_size >= 300 (256 bytes + merges) and 0 < val_percent < 100')
+    if cfg.seq_len < 2 or cfg.vocab_size < 300 or not 0 <= cfg.val_percent <= 100:
+        raise ValueError('seq_len must be >= 2, vocab_size >= 300 (256 bytes + merges) and 0 <= val_percent <= 100')
     out = Path(cfg.out)
     manifest = out / MANIFEST
     if manifest.exists() and not force:
@@ -231,11 +231,13 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
                 raise ValueError(f'tokenizer {cfg.tokenizer!r} has no eos_token, which llm-foundry requires')
         else:
             _progress(f'training a byte-level BPE, vocab {cfg.vocab_size}')
-            tokenizer = train_tokenizer(train, cfg.vocab_size)
+            tokenizer = train_tokenizer(train or val, cfg.vocab_size)
         tokenizer.model_max_length = max(cfg.seq_len, getattr(tokenizer, 'model_max_length', 0) or 0)
         tokenizer.save_pretrained(tmp / 'tokenizer')
         counts = {}
         for split, split_docs in (('train', train), ('val', val)):
+            if not split_docs:
+                continue  # val_percent 0 or 100: an eval-only (e.g. WikiText) or train-only set
             _progress(f'writing {split} MDS')
             counts[split] = write_mds(split_docs, tokenizer, tmp / split, cfg.seq_len)
             if counts[split] == 0:
@@ -247,5 +249,5 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _progress(f'done: {out} (train {counts["train"]} / val {counts["val"]} samples of {cfg.seq_len} tokens, vocab {len(tokenizer)})')
+    _progress(f'done: {out} ({counts} samples of {cfg.seq_len} tokens, vocab {len(tokenizer)})')
     return out

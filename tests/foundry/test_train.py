@@ -58,3 +58,21 @@ def test_missing_data_path_fails_before_the_model_is_built(train_cfg, tmp_path, 
     with pytest.raises(Exception, match='nowhere'):
         train(cfg)
     assert not built
+
+
+INITS = {'wesar': {'name': 'wesar_'}, 'none': {'name': 'small'}, 'weight_norm': {'name': 'wesar_', 'sigma2': 16e-5},
+         'sigma_reparam': {'name': 'wesar_', 'sigma2': 16e-5}, 'residual_scaling': {'name': 'small'}}
+
+
+@pytest.mark.parametrize('reparam', list(INITS))
+def test_every_reparam_trains_and_resumes_to_the_same_next_loss(train_cfg, tmp_path, reparam):
+    """save → load → continue gives the loss an uninterrupted run gives at the same step."""
+    ck = tmp_path / 'ck'
+    model = {'reparam': reparam, 'init_config': INITS[reparam]}
+    full = train(train_cfg('max_duration=6ba', f'save_folder={ck}', 'save_interval=3ba', **model))
+    straight = losses(full)
+    assert len(straight) == 6 and all(math.isfinite(x) for x in straight)
+    [mid] = ck.glob('*ba3-rank0.pt')
+    resumed = losses(train(train_cfg('max_duration=6ba', f'load_path={mid}', **model)))
+    assert len(resumed) == 3
+    assert resumed == pytest.approx(straight[3:], rel=1e-5)

@@ -1,0 +1,281 @@
+"""The paper's runs as llm-foundry train configs (method doc §3–5), and the files we ship.
+
+``yamls/pretrain/`` and ``yamls/mcloud/`` are written by this module (``python -m
+wesar_foundry.paper``) and a test checks the committed files still equal its output, so the
+YAMLs and this table cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SEQ_LEN = 2048
+VOCAB = 32000
+TOKENS_30B = 30_000_000_000
+TOKENS_10B = 10_000_000_000
+SIGMA2_GRID = (1e-5, 4e-5, 16e-5, 64e-5, 256e-5)
+SEEDS = (17, 18, 19, 20, 21)
+IMAGE = 'mosaicml/llm-foundry:2.7.0_cu128-latest'
+PLUGIN_REPO = 'wesar-foundry/wesar-foundry'  # change to your fork before submitting
+GATE_PARAM_GROUPS = [{'param_str_match': r'\.(alpha|g|gamma)$', 'weight_decay': 0.0}]
+
+
+@dataclass(frozen=True)
+class Size:
+    """A model size of the paper."""
+
+    d_model: int
+    """Hidden size."""
+    n_layers: int
+    """Decoder layers."""
+    n_heads: int
+    """Attention heads."""
+    gpus: int
+    """GPUs the shipped FSDP settings are sized for."""
+    microbatch: int
+    """Sequences per GPU per micro-step (fits an 80 GB H100)."""
+    activation_checkpointing: bool
+    """Recompute decoder layers in backward to fit the micro-batch."""
+    note: str
+    """Where the numbers come from."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The paper's Rapid / Stable training settings (§4)."""
+
+    batch_tokens: int
+    """Tokens per optimizer step."""
+    lr: float
+    """Peak learning rate."""
+    warmup: int
+    """Linear warmup steps."""
+
+
+SIZES = {
+    '130m': Size(768, 12, 12, 8, 16, False, 'our reconstruction: the paper gives ~134M params, not the shape'),
+    '1b': Size(2048, 24, 16, 8, 8, True, 'paper §4: 1,339,131,904 params untied, no gates'),
+    '13b': Size(5120, 40, 40, 64, 4, True, 'paper §4'),
+}
+SETTINGS = {'rapid': Setting(2 ** 20, 1e-3, 100), 'stable': Setting(4 * 2 ** 20, 5e-4, 2000)}
+# Model keys per method. WN and σReparam store W ~ N(0, σ) at their best σ² (16e-5); WeSaR at 4e-5.
+METHODS: dict[str, dict[str, Any]] = {
+    'small': {'reparam': 'none', 'init_config': {'name': 'small'}},
+    'he': {'reparam': 'none', 'init_config': {'name': 'he'}},
+    'weight_norm': {'reparam': 'weight_norm', 'init_config': {'name': 'wesar_', 'target': 'he', 'sigma2': 16e-5}},
+    'sigma_reparam': {'reparam': 'sigma_reparam', 'init_config': {'name': 'wesar_', 'target': 'he', 'sigma2': 16e-5}},
+    # Residual Scaling on the Small-init baseline: W_o, W_d drop their 1/√(2N), a constant applies it.
+    'residual_scaling': {'reparam': 'residual_scaling', 'init_config': {'name': 'small'}},
+    'wesar': {'reparam': 'wesar', 'init_config': {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5}},
+}
+GRID_METHODS = ('weight_norm', 'sigma_reparam', 'wesar')
+# The paper's 1.3B reparameterization comparison (§5, 10B tokens, 5 seeds).
+COMPARE_METHODS = ('small', 'weight_norm', 'sigma_reparam', 'residual_scaling', 'wesar')
+
+
+def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B) -> dict[str, Any]:
+    """A complete llm-foundry train config; only data paths and the tokenizer are variables."""
+    sz, st = SIZES[size], SETTINGS[setting]
+    global_batch = st.batch_tokens // SEQ_LEN
+    run = f'wesar-{size}-{method}-{setting}'
+    return {
+        'variables': {
+            'data_local': './data/refinedweb',
+            'eval_data_local': './data/wikitext',
+            'tokenizer_name': 'hf-internal-testing/llama-tokenizer',
+            'save_folder': f'./checkpoints/{run}',
+            'run_name': run,
+            'max_seq_len': SEQ_LEN,
+        },
+        'run_name': '${variables.run_name}',
+        'seed': SEEDS[0],
+        'max_seq_len': '${variables.max_seq_len}',
+        'model': {
+            'name': 'wesar_llama',
+            'init_device': 'meta',
+            'd_model': sz.d_model, 'n_layers': sz.n_layers, 'n_heads': sz.n_heads,
+            'vocab_size': VOCAB, 'max_seq_len': '${variables.max_seq_len}',
+            'mlp_type': 'gelu', 'expansion_ratio': 4, 'rms_norm_eps': 1e-5, 'rope_theta': 10000.0,
+            'z_loss': 1e-4, 'attn_implementation': 'sdpa',
+            **copy.deepcopy(METHODS[method]),
+        },
+        # pad must differ from eos: llm-foundry's collator masks every label equal to pad.
+        'tokenizer': {'name': '${variables.tokenizer_name}',
+                      'kwargs': {'model_max_length': '${variables.max_seq_len}', 'pad_token': '<unk>'}},
+        'train_loader': _loader('${variables.data_local}', 'train', shuffle=True),
+        'eval_loader': _loader('${variables.eval_data_local}', 'val', shuffle=False),
+        'scheduler': {'name': 'cosine_with_warmup', 't_warmup': f'{st.warmup}ba', 'alpha_f': 0.1},
+        'optimizer': {
+            'name': 'decoupled_adamw', 'lr': st.lr, 'betas': [0.9, 0.95], 'eps': 1e-8,
+            # Composer's decoupled wd is not multiplied by lr: 0.01 (torch AdamW) × lr.
+            'weight_decay': round(0.01 * st.lr, 12),
+            'param_groups': copy.deepcopy(GATE_PARAM_GROUPS),
+        },
+        'algorithms': {'gradient_clipping': {'clipping_type': 'norm', 'clipping_threshold': 1.0}},
+        'max_duration': f'{tokens}tok',
+        'eval_interval': '1000ba',
+        'eval_first': False,
+        'eval_subset_num_batches': 100,
+        'global_train_batch_size': global_batch,
+        'device_train_microbatch_size': sz.microbatch,
+        'device_eval_batch_size': sz.microbatch,
+        'precision': 'amp_bf16',
+        'fsdp_config': {
+            'sharding_strategy': 'FULL_SHARD',
+            # Dict form, not PURE/DEFAULT: those also cast buffers (RoPE's inv_freq) to bf16.
+            'mixed_precision': {'param_dtype': 'bf16', 'reduce_dtype': 'fp32', 'buffer_dtype': 'fp32'},
+            'activation_checkpointing': sz.activation_checkpointing,
+            'activation_cpu_offload': False,
+            'limit_all_gathers': True,
+            'state_dict_type': 'sharded',
+        },
+        'progress_bar': False,
+        'log_to_console': True,
+        'console_log_interval': '10ba',
+        'callbacks': {
+            'speed_monitor': {'window_size': 10},
+            'lr_monitor': {},
+            'memory_monitor': {},
+            'runtime_estimator': {},
+        },
+        'save_folder': '${variables.save_folder}',
+        'save_interval': '2000ba',
+        'save_num_checkpoints_to_keep': 2,
+        'autoresume': True,
+    }
+
+
+def _loader(local: str, split: str, shuffle: bool) -> dict[str, Any]:
+    return {
+        'name': 'text',
+        'dataset': {'local': local, 'split': split, 'shuffle': shuffle, 'max_seq_len': '${variables.max_seq_len}',
+                    'shuffle_seed': '${seed}'},
+        'drop_last': split == 'train',
+        'num_workers': 8,
+    }
+
+
+def _header(size: str, method: str, setting: str, tokens: int) -> str:
+    sz, st = SIZES[size], SETTINGS[setting]
+    m = METHODS[method]
+    return '\n'.join([
+        f'# WeSaR paper run: {size} ({sz.note}), method {method}, {setting} setting, {tokens / 1e9:g}B tokens.',
+        f'# reparam: {m["reparam"]}, init: {m["init_config"]}. Batch {st.batch_tokens:,} tokens at seq {SEQ_LEN},',
+        f'# lr {st.lr:g}, warmup {st.warmup} steps, cosine to 10%, betas (0.9, 0.95), eps 1e-8, clip 1.0, z-loss 1e-4, bf16.',
+        '# Weight decay: Composer decoupled_adamw semantics (p <- p*(1 - wd*lr_t/lr_0), NOT multiplied by lr);',
+        f'# {round(0.01 * st.lr, 12):g} here equals the paper\'s 0.01 in torch AdamW semantics (p <- p*(1 - lr*wd)).',
+        '# The param_groups line keeps gates and gains (alpha, g, gamma) out of weight decay.',
+        f'# FSDP sized for {sz.gpus}x H100 80GB. Run: composer <llm-foundry>/scripts/train/train.py <this yaml> \\',
+        '#   variables.data_local=<train MDS> variables.eval_data_local=<wikitext MDS> variables.tokenizer_name=<tok>',
+        '',
+    ])
+
+
+def shipped_train_yamls() -> dict[str, tuple[str, dict[str, Any]]]:
+    """relative path → (header, config) for every paper run we ship."""
+    out = {}
+    for size in SIZES:
+        for method in METHODS:
+            for setting in SETTINGS:
+                out[f'pretrain/{size}/{method}-{setting}.yaml'] = (
+                    _header(size, method, setting, TOKENS_30B), train_config(size, method, setting))
+    for method in COMPARE_METHODS:
+        cfg = train_config('1b', method, 'rapid', TOKENS_10B)
+        cfg['variables']['run_name'] = f'wesar-1b-compare10b-{method}'
+        cfg['variables']['save_folder'] = f'./checkpoints/wesar-1b-compare10b-{method}'
+        header = _header('1b', method, 'rapid', TOKENS_10B)
+        if method in GRID_METHODS:
+            header += '# sigma^2 grid: model.init_config.sigma2={1e-5,4e-5,1.6e-4,6.4e-4,2.56e-3}; seeds: seed={17..21}\n'
+        else:
+            header += '# seeds: seed={17..21}\n'
+        out[f'pretrain/1b/compare-10b/{method}.yaml'] = (header, cfg)
+    return out
+
+
+def mcloud_job(rel_yaml: str, cfg: dict[str, Any], overrides: list[str], name: str) -> dict[str, Any]:
+    """A MosaicML platform run config: image, llm-foundry + the plugin from git, the command."""
+    size = rel_yaml.split('/')[1]
+    gpus = SIZES[size].gpus
+    args = ' '.join(overrides)
+    return {
+        'name': name,
+        'image': IMAGE,
+        'compute': {'gpus': gpus},
+        'integrations': [
+            {'integration_type': 'git_repo', 'git_repo': 'mosaicml/llm-foundry', 'git_branch': 'release/v0.22.0',
+             'pip_install': '-e .[gpu]', 'ssh_clone': False},
+            {'integration_type': 'git_repo', 'git_repo': PLUGIN_REPO, 'git_branch': 'main', 'pip_install': '.',
+             'ssh_clone': False},
+        ],
+        'command': f'cd llm-foundry/scripts/train && composer train.py /mnt/config/parameters.yaml {args}'.rstrip(),
+        'parameters': cfg,
+    }
+
+
+def main_mcloud_jobs() -> dict[str, dict[str, Any]]:
+    """Job files for the main runs: every 30B-token 1.3B/13B run of the paper's tables and the
+    1.3B comparison at its default σ² and first seed."""
+    yamls = shipped_train_yamls()
+    jobs = {}
+    for rel, (_, cfg) in yamls.items():
+        parts = rel[:-5].split('/')
+        if parts[1] in ('1b', '13b') and (parts[2].startswith(('small-', 'wesar-')) or parts[2] == 'compare-10b'):
+            name = '-'.join(parts[1:]).replace('_', '-')
+            jobs[f'mcloud/{name}.yaml'] = mcloud_job(rel, cfg, [], f'wesar-{name}')
+    return jobs
+
+
+def sweep_jobs() -> dict[str, dict[str, Any]]:
+    """The 1.3B comparison sweep: σ² grid × seeds for WN/σReparam/WeSaR, seeds for the others,
+    as command-line overrides of the shipped YAML."""
+    jobs = {}
+    for method in COMPARE_METHODS:
+        rel = f'pretrain/1b/compare-10b/{method}.yaml'
+        _, cfg = shipped_train_yamls()[rel]
+        grid = SIGMA2_GRID if method in GRID_METHODS else (None,)
+        for sigma2 in grid:
+            for seed in SEEDS:
+                tag = f'{method.replace("_", "-")}' + (f'-s{round(sigma2 / 1e-5)}e-5' if sigma2 else '') + f'-seed{seed}'
+                overrides = [f'seed={seed}', f'variables.run_name=wesar-1b-sweep-{tag}']
+                if sigma2 is not None:
+                    overrides.insert(0, f'model.init_config.sigma2={sigma2:g}')
+                jobs[f'{tag}.yaml'] = mcloud_job(rel, cfg, overrides, f'wesar-1b-sweep-{tag}')
+    return jobs
+
+
+def dump(cfg: dict[str, Any], header: str = '') -> str:
+    return header + yaml.safe_dump(cfg, sort_keys=False, width=120)
+
+
+def write_all(root: Path) -> list[Path]:
+    """Write the shipped YAMLs and main job files under ``root`` (the repo's ``yamls/``)."""
+    written = []
+    files = {rel: dump(cfg, header) for rel, (header, cfg) in shipped_train_yamls().items()}
+    files.update({rel: dump(job, '# MosaicML platform job: mcli run -f <this file>\n') for rel, job in main_mcloud_jobs().items()})
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def write_sweep(out: Path) -> list[Path]:
+    """Write the whole 1.3B σ²×seed sweep as job files into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rel, job in sweep_jobs().items():
+        (out / rel).write_text(dump(job, '# MosaicML platform job (1.3B comparison sweep): mcli run -f <this file>\n'))
+        paths.append(out / rel)
+    return paths
+
+
+if __name__ == '__main__':
+    for p in write_all(Path(sys.argv[1] if len(sys.argv) > 1 else 'yamls')):
+        print(p)
