@@ -2,7 +2,8 @@
 
 Sources:
 - ``docstrings``: the embedded default — docstrings of the installed Python standard library,
-  read with ``ast`` (nothing imported, no network). About 2 MB of English technical prose.
+  then of the installed packages (site-packages), read with ``ast`` (nothing imported, no
+  network). The stdlib alone gives about 2.2 M characters; ``max_chars`` (default 8 M) caps it.
 - local ``.txt`` files (split into ~2k-character paragraphs) and ``.jsonl`` files (one document
   per line, its ``text`` field);
 - ``hf:<name>[:<config>]``: a Hugging Face dataset, streamed (needs the network), e.g.
@@ -56,21 +57,29 @@ class PrepareConfig:
     """Split of a hub dataset."""
     max_docs: int | None = None
     """Stop after this many documents per source (hub datasets are large)."""
-    max_chars: int | None = None
-    """Stop after this many characters in all."""
+    max_chars: int | None = 8_000_000
+    """Stop after this many characters in all (None: no cap)."""
 
 
 def _progress(msg: str) -> None:
     print(f'[prepare] {msg}', file=sys.stderr, flush=True)
 
 
+def _python_files(root: Path, skip: set[str]) -> list[Path]:
+    return sorted(p for p in root.rglob('*.py') if not skip.intersection(p.relative_to(root).parts))
+
+
 def iter_docstrings() -> Iterator[str]:
-    """Docstrings of the standard library's modules, classes and functions, in a fixed order."""
-    root = Path(sysconfig.get_paths()['stdlib'])
-    files = sorted(p for p in root.rglob('*.py') if not _SKIP_DIRS.intersection(p.relative_to(root).parts))
+    """Docstrings of modules, classes and functions: the stdlib first, then site-packages, in a
+    fixed order (so the same installation always gives the same corpus)."""
+    paths = sysconfig.get_paths()
+    stdlib, purelib = Path(paths['stdlib']), Path(paths['purelib'])
+    files = _python_files(stdlib, _SKIP_DIRS)
+    if purelib.is_dir() and stdlib not in purelib.parents:
+        files += _python_files(purelib, _SKIP_DIRS - {'site-packages', 'dist-packages'})
     for i, path in enumerate(files):
-        if i % 200 == 0:
-            _progress(f'docstrings: {i}/{len(files)} stdlib files read')
+        if i % 500 == 0:
+            _progress(f'docstrings: {i} of {len(files)} files read')
         try:
             tree = ast.parse(path.read_text(encoding='utf-8'))
         except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -195,6 +204,12 @@ def write_mds(docs: Iterable[str], tokenizer, out: Path, seq_len: int) -> int:
     return n
 
 
+def _same(a: dict | None, b: dict) -> bool:
+    # The folder may have moved: compare what was built, not where.
+    drop = lambda d: {k: v for k, v in (d or {}).items() if k != 'out'}  # noqa: E731
+    return a is not None and drop(a) == drop(b)
+
+
 def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
     """Build tokenizer + train/val MDS into ``cfg.out``; reuse it if built with the same config.
 
@@ -207,7 +222,7 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
     out = Path(cfg.out)
     manifest = out / MANIFEST
     if manifest.exists() and not force:
-        if json.loads(manifest.read_text()).get('config') == asdict(cfg):
+        if _same(json.loads(manifest.read_text()).get('config'), asdict(cfg)):
             _progress(f'reusing {out} (same config; --force rebuilds)')
             return out
         raise FileExistsError(f'{out} holds data prepared with another config; pass --force to replace it')

@@ -1,0 +1,1 @@
+"""Composer callbacks registered in llm-foundry's ``callbacks`` registry (see pyproject.toml)."""
