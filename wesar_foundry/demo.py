@@ -55,6 +55,8 @@ class DemoConfig:
     """Sequences per step."""
     vocab_size: int = 4096
     """BPE vocabulary trained by ``prepare``."""
+    max_chars: int | None = 8_000_000
+    """Corpus size cap for ``prepare`` (characters)."""
     ratio_interval: int = 5
     """update_ratio_monitor logging interval (steps)."""
 
@@ -196,7 +198,8 @@ def run_demo(cfg: DemoConfig) -> str:
     cfg.validate()
     from wesar_foundry.data import PrepareConfig, prepare
     out = Path(cfg.out)
-    data = prepare(PrepareConfig(out=cfg.data, sources=cfg.sources, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len))
+    data = prepare(PrepareConfig(out=cfg.data, sources=cfg.sources, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len,
+                                 max_chars=cfg.max_chars))
     from llmfoundry.command_utils import train
     from omegaconf import OmegaConf
 

@@ -143,7 +143,11 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
             'lr_monitor': {},
             'memory_monitor': {},
             'runtime_estimator': {},
+            # Why a run spikes: exact per-matrix update ratios, and the matrices that moved at a spike.
+            'update_ratio_monitor': {'interval': 10},
+            'loss_spike_monitor': {},
         },
+        'loggers': {'jsonl': {}},  # {run_name}/metrics.jsonl, what `wesar-foundry plot` reads
         'save_folder': '${variables.save_folder}',
         'save_interval': '2000ba',
         'save_num_checkpoints_to_keep': 2,

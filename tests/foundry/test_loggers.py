@@ -1,0 +1,36 @@
+"""The ``jsonl`` logger and the monitors resolve through llm-foundry's registries (entry points)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from llmfoundry.registry import callbacks, loggers
+
+from wesar_foundry.foundry.callbacks.loss_spike import LossSpikeMonitor
+from wesar_foundry.foundry.callbacks.update_ratio import UpdateRatioMonitor
+from wesar_foundry.foundry.loggers import JSONLLogger, _jsonable
+from wesar_foundry.plot import read_metrics
+
+
+def test_names_a_yaml_uses_resolve_to_our_classes():
+    assert callbacks.get('update_ratio_monitor') is UpdateRatioMonitor
+    assert callbacks.get('loss_spike_monitor') is LossSpikeMonitor
+    assert loggers.get('jsonl') is JSONLLogger
+
+
+def test_non_finite_values_are_written_as_strict_json_and_read_back_as_floats(tmp_path):
+    # Real runs through the logger are in tests/test_plot.py; this is the one value JSON cannot hold.
+    line = json.dumps({'step': 1, 'loss/train/total': _jsonable(float('nan')), 'x': _jsonable(torch.tensor([2.0]))})
+    json.loads(line, parse_constant=lambda c: pytest.fail(f'non-standard JSON constant {c}'))
+    path = tmp_path / 'm.jsonl'
+    path.write_text(line + '\n')
+    run = read_metrics(path)
+    assert math.isnan(run.series['loss/train/total'][0][1]) and run.series['x'] == [(1, 2.0)]
+
+
+def test_all_ranks_needs_a_rank_placeholder():
+    with pytest.raises(ValueError, match=r'loggers.jsonl.path=.*must contain \{rank\}'):
+        JSONLLogger(path='m.jsonl', all_ranks=True)

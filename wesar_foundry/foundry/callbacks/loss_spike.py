@@ -1,0 +1,172 @@
+"""``loss_spike_monitor``: online loss-spike detection that says which matrix moved."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+
+from wesar_foundry.foundry.callbacks.update_ratio import Measurement, UpdateRatioMonitor
+from wesar_foundry.spikes import SpikeDetector, SpikeRule
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ('log', 'stop')
+RATIO_SOURCES = ('auto', 'monitor', 'none')
+
+
+class LossSpikeError(RuntimeError):
+    """Raised by ``loss_spike_monitor`` with ``action: stop`` on the first step of a spike."""
+
+
+@dataclass
+class LossSpikeConfig:
+    """Options of ``loss_spike_monitor`` (every YAML key under it). The rule is in ``wesar_foundry.spikes``."""
+
+    window: int = 50
+    """Trailing losses (unflagged ones) that the mean and std are taken over."""
+    k: float = 5.0
+    """A step is flagged when its loss exceeds the window mean by more than k window stds."""
+    warmup: int = 50
+    """Steps at the start that are never flagged."""
+    min_rise: float = 0.02
+    """Also required: loss − mean > min_rise · |mean|."""
+    action: str = 'log'
+    """'log' (record and keep training) or 'stop' (raise LossSpikeError on the first spike)."""
+    top_k: int = 5
+    """How many matrices with the largest update ratios each spike record names."""
+    ratios: str = 'auto'
+    """Where those ratios come from: 'auto' (update_ratio_monitor if the run has one, else measure every
+    step here, at the cost of the monitor at interval 1), 'monitor' (only from update_ratio_monitor), 'none'."""
+    loss_key: str = 'loss/train/total'
+    """The logged loss to watch (averaged over ranks by Composer, so every rank decides alike)."""
+
+    def __post_init__(self) -> None:
+        key = 'callbacks.loss_spike_monitor'
+        if self.ratios is False:  # YAML 1.1 reads an unquoted `off`/`no` as false
+            self.ratios = 'none'
+        self.rule().check(key)
+        if self.action not in ACTIONS:
+            raise ValueError(f'{key}.action={self.action!r}; allowed: {", ".join(ACTIONS)}')
+        if self.ratios not in RATIO_SOURCES:
+            raise ValueError(f'{key}.ratios={self.ratios!r}; allowed: {", ".join(RATIO_SOURCES)}')
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f'{key}.top_k={self.top_k!r} must be an integer >= 1')
+
+    def rule(self) -> SpikeRule:
+        return SpikeRule(window=self.window, k=self.k, warmup=self.warmup, min_rise=self.min_rise)
+
+
+class LossSpikeMonitor(Callback):
+    """Flags loss spikes online (rule: ``wesar_foundry.spikes``) and records what moved.
+
+    Logged every step: ``loss_spike/count`` (running number of spikes). On the first step of a
+    spike also ``loss_spike/loss``, ``loss_spike/threshold``, ``loss_spike/window_mean`` and
+    ``loss_spike/window_std``, and a warning naming the ``top_k`` matrices with the largest update
+    ratios at the spike step and at the measured step just before it (from
+    ``update_ratio_monitor``, whose latest measurements are used when it logs less often).
+    Records accumulate in ``self.spikes``; they and the detector's window are saved in
+    checkpoints, so a resumed run keeps its count and its window.
+
+    Steps are 1-based optimizer steps (``state.timestamp.batch`` at ``BATCH_END``), as in
+    ``update_ratio_monitor``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        allowed = {f.name for f in fields(LossSpikeConfig)}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ValueError(f'callbacks.loss_spike_monitor: unknown option(s) {", ".join(unknown)}; '
+                             f'allowed: {", ".join(sorted(allowed))}')
+        self.config = LossSpikeConfig(**kwargs)
+        self.detector = SpikeDetector(self.config.rule())
+        self.spikes: list[dict[str, Any]] = []
+        self._monitor: UpdateRatioMonitor | None = None
+        self._own_monitor = False
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if self.config.ratios == 'none':
+            return
+        found = [cb for cb in state.callbacks if isinstance(cb, UpdateRatioMonitor)]
+        if found:
+            self._monitor = found[0]
+        elif self.config.ratios == 'auto':
+            # Private and silent: measures every step so a record always has the spike step itself.
+            self._monitor = UpdateRatioMonitor(interval=1, per_matrix='none', history=2)
+            self._monitor.fit_start(state, logger)
+            self._own_monitor = True
+        else:
+            log.warning('loss_spike_monitor: ratios=monitor but the run has no update_ratio_monitor; '
+                        'spike records will name no matrices')
+
+    def after_train_batch(self, state: State, logger: Logger) -> None:
+        if self._own_monitor:
+            self._monitor.after_train_batch(state, logger)
+
+    def _loss(self, state: State) -> float:
+        value = state.total_loss_dict.get(self.config.loss_key)
+        if value is None:
+            loss = state.loss
+            if isinstance(loss, dict):
+                loss = loss.get('total', next(iter(loss.values())))
+            value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+        return float(value)
+
+    def _tops(self, step: int) -> tuple[dict | None, dict | None]:
+        hist: list[Measurement] = list(self._monitor.history) if self._monitor is not None else []
+        at = [m for m in hist if m.step <= step]
+        if not at:
+            return None, None
+        before = [m for m in at if m.step < at[-1].step]
+        k = self.config.top_k
+        fmt = lambda m: {'step': m.step, 'top': [[n, r] for n, r in m.top(k)]}  # noqa: E731
+        return fmt(at[-1]), (fmt(before[-1]) if before else None)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        step = int(state.timestamp.batch)
+        if self._monitor is not None:
+            self._monitor.measure(state)  # every rank, whatever the callback order
+        loss = self._loss(state)
+        v = self.detector.update(loss)
+        metrics = {'loss_spike/count': self.detector.count}
+        if v.new_spike:
+            at, before = self._tops(step)
+            record = {'step': step, 'loss': loss, 'window_mean': v.mean, 'window_std': v.std,
+                      'threshold': v.threshold, 'k': self.config.k, 'ratios_at': at, 'ratios_before': before}
+            self.spikes.append(record)
+            metrics.update({'loss_spike/loss': loss, 'loss_spike/threshold': v.threshold,
+                            'loss_spike/window_mean': v.mean, 'loss_spike/window_std': v.std})
+            message = describe(record)
+            log.warning(message)
+            logger.log_metrics(metrics)
+            if self.config.action == 'stop':
+                raise LossSpikeError(message + ' (loss_spike_monitor.action=stop; set action: log to keep training)')
+            return
+        logger.log_metrics(metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'detector': self.detector.state_dict(), 'spikes': list(self.spikes),
+                'config': asdict(self.config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.detector.load_state_dict(state['detector'])
+        self.spikes = list(state['spikes'])
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for a spike record: where, how big, and which matrices moved most."""
+    text = (f'loss spike at step {record["step"]}: loss {record["loss"]:.4g} > threshold {record["threshold"]:.4g} '
+            f'(window mean {record["window_mean"]:.4g}, std {record["window_std"]:.3g}, k={record["k"]:g})')
+    for label, key in (('at', 'ratios_at'), ('before', 'ratios_before')):
+        m = record.get(key)
+        if m:
+            tops = ', '.join(f'{n} {r:.3g}' for n, r in m['top'])
+            text += f'; largest update ratios {label} step {m["step"]}: {tops}'
+    if not math.isfinite(record['loss']):
+        text += '; the loss is not finite'
+    return text
