@@ -11,9 +11,61 @@ def _prepare(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(
         out=args.out, sources=args.source or ['docstrings'], tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         seq_len=args.seq_len, val_percent=args.val_percent, text_field=args.text_field, hf_split=args.hf_split,
-        max_docs=args.max_docs, max_chars=args.max_chars,
+        max_docs=args.max_docs, max_chars=args.max_chars or None,
     )
     prepare(cfg, force=args.force)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from wesar_foundry.export import export_checkpoint
+    out = export_checkpoint(args.checkpoint, args.out_dir, dtype=args.dtype, force=args.force)
+    print(f'wrote a stock Llama checkpoint (gates merged) to {out}')
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    # lm-eval is imported by evaluate(), after the paths are checked.
+    from wesar_foundry.eval import TASK_DIR, EvalConfig, evaluate, format_table, write_json
+    cfg = EvalConfig(
+        model_dir=args.model_dir, tasks=tuple(t for t in (args.tasks or '').split(',') if t),
+        wikitext_file=args.wikitext_file, lambada_file=args.lambada_file, batch_size=args.batch_size,
+        device=args.device, dtype=args.dtype, max_length=args.max_length, limit=args.limit,
+        task_dir=args.task_dir or str(TASK_DIR),
+    )
+    cfg.validate()
+    result = evaluate(cfg)
+    print(format_table(result))
+    if args.out:
+        write_json(result, args.out)
+        print(f'wrote {args.out}')
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from wesar_foundry.plot import DEFAULT_MATRICES, plot_runs
+    paths = plot_runs(args.metrics, labels=args.label, out=args.out, matrices=args.matrix or DEFAULT_MATRICES,
+                      kind=args.kind, title=args.title)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(',') if x]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from wesar_foundry.demo import DemoConfig, run_demo
+    defaults = DemoConfig()
+    cfg = DemoConfig(
+        out=args.out, data=args.data, sources=args.source or defaults.sources,
+        methods=args.methods.split(',') if args.methods else defaults.methods,
+        seeds=[int(s) for s in args.seeds.split(',')] if args.seeds else defaults.seeds,
+        lrs=_floats(args.lrs) if args.lrs else ([args.lr] if args.lr else defaults.lrs),
+        steps=args.steps or defaults.steps,
+    )
+    run_demo(cfg)
     return 0
 
 
@@ -29,13 +81,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tokenizer', help='use this tokenizer (folder or hub name) instead of training a BPE')
     p.add_argument('--vocab-size', type=int, default=4096)
     p.add_argument('--seq-len', type=int, default=128, help='tokens per MDS sample (>= training max_seq_len)')
-    p.add_argument('--val-percent', type=float, default=5.0)
+    p.add_argument('--val-percent', type=float, default=5.0,
+                   help='share of documents for val; 100 writes an eval-only set (e.g. WikiText)')
     p.add_argument('--text-field', help='record field holding the text (default: text, else content)')
     p.add_argument('--hf-split', default='train')
     p.add_argument('--max-docs', type=int, help='documents per source at most')
-    p.add_argument('--max-chars', type=int, help='characters in all at most')
+    p.add_argument('--max-chars', type=int, default=8_000_000, help='characters in all at most (default 8M; 0: no cap)')
     p.add_argument('--force', action='store_true', help='rebuild even if --out holds a prepared dataset')
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser('export', help='merge a saved Composer checkpoint into a stock Hugging Face Llama checkpoint')
+    p.add_argument('checkpoint', help='a monolithic Composer checkpoint (.pt) of a wesar_llama run (local or URI)')
+    p.add_argument('out_dir', help='output folder (written to a temporary folder, renamed at the end)')
+    p.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'),
+                   help='dtype of the saved weights (default: the training dtype: fp32, bf16 for amp_bf16)')
+    p.add_argument('--force', action='store_true', help='replace out_dir if it exists')
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser('eval', help="WikiText word perplexity and LAMBADA target-word perplexity via lm-eval "
+                                    "(needs the 'eval' extra)")
+    p.add_argument('model_dir', help='an exported HF model folder (stock Llama + tokenizer)')
+    p.add_argument('--wikitext-file', help='offline: a local WikiText split file (wiki.test.tokens or .raw)')
+    p.add_argument('--lambada-file', help='offline: a local LAMBADA jsonl ({"text"} or {"context","continuation"})')
+    p.add_argument('--tasks', help='stock hub-backed lm-eval tasks, comma-separated: wikitext, lambada_openai, '
+                                   'lambada_standard (default: wikitext,lambada_openai when no file is given)')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:0, ... (default: cpu)')
+    p.add_argument('--dtype', default='float32', help='float32 (default), bfloat16, float16 or auto')
+    p.add_argument('--max-length', type=int, help="context window (default: the model's max_position_embeddings)")
+    p.add_argument('--limit', type=int, help='only the first N documents per task (a quick check)')
+    p.add_argument('--task-dir', default=None, help='folder of the local task configs (default: yamls/eval)')
+    p.add_argument('--out', help='also write the results as JSON here')
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser('plot', help="the paper's Figure 1 (loss with spikes, update ratios, uniformity) from logged metrics")
+    p.add_argument('metrics', nargs='+', help='metrics files: the jsonl logger\'s, Composer file logger text, '
+                                              'or W&B / MLflow CSV exports; several runs are overlaid')
+    p.add_argument('--out', default='fig.png', help='output image; a .png and a .svg are written (default: fig.png)')
+    p.add_argument('--label', action='append', help='legend label per metrics file, in order (default: run name)')
+    p.add_argument('--matrix', action='append',
+                   help="matrices for the ratio panel: <layer>:<role> (layer a number or 'last') or a name regex "
+                        "(repeatable; default: last:down and last:up)")
+    p.add_argument('--kind', default='auto', choices=['auto', 'effective', 'raw'],
+                   help='update ratios of effective matrices W̄ or stored weights (default: effective if logged)')
+    p.add_argument('--title')
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser('demo', help='WeSaR vs Small init on this machine (CPU, offline, ~10 min): report folder with plots and a table')
+    p.add_argument('--out', default='wesar-report', help='report folder (default: wesar-report)')
+    p.add_argument('--data', default='wesar-data', help='prepared data folder, built once and reused (default: wesar-data)')
+    p.add_argument('--source', action='append', help="corpus for prepare: 'docstrings' (default), .txt/.jsonl, hf:<name>")
+    p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar (default: wesar,small)')
+    p.add_argument('--seeds', help='comma-separated seeds (default: 17)')
+    p.add_argument('--lr', type=float, help='peak learning rate (default: 1e-3)')
+    p.add_argument('--lrs', help='learning-rate sweep, e.g. 1e-3,3e-3,1e-2: draws held-out loss vs lr per method')
+    p.add_argument('--steps', type=int, help='optimizer steps per run (default: 200)')
+    p.set_defaults(func=_demo)
     return parser
 
 

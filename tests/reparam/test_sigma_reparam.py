@@ -70,3 +70,13 @@ def test_gradient_flows_to_the_weight_through_sigma_but_not_into_the_vectors():
 def test_unknown_gamma_init_is_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="sigma_reparam_gamma_init='two'; allowed: one, spectral"):
         SigmaReparamMatrix(4, 4, 'q', gamma_init='two')
+
+
+def test_bf16_autocast_keeps_the_spectral_norm_in_fp32():
+    m = make()
+    m.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = m(torch.randn(4, 32))
+        sigma = m.sigma_max()
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and sigma.dtype == torch.float32 and m.weight.grad is not None

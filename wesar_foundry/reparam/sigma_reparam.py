@@ -14,6 +14,10 @@ GAMMA_INITS = ('one', 'spectral')
 _INIT_ITERATIONS = 30
 
 
+def _no_autocast(t: torch.Tensor):
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class SigmaReparamMatrix(ReparamMatrix):
     """The singular vectors ``u``, ``v`` are persistent buffers (checkpointed) and never
     differentiated through; σ_max = uᵀWv is differentiated w.r.t. W, as in the paper.
@@ -36,7 +40,11 @@ class SigmaReparamMatrix(ReparamMatrix):
 
     @torch.no_grad()
     def power_iteration_(self, steps: int = 1) -> None:
-        """Refine the stored singular vectors in place (no autograd)."""
+        """Refine the stored singular vectors in place (no autograd), in fp32 even under autocast."""
+        with _no_autocast(self.weight):
+            self._power_iteration(steps)
+
+    def _power_iteration(self, steps: int) -> None:
         w = self.weight.float()
         u, v = self.u.float(), self.v.float()
         for _ in range(steps):
@@ -48,7 +56,9 @@ class SigmaReparamMatrix(ReparamMatrix):
     def sigma_max(self) -> torch.Tensor:
         """uᵀWv with the stored vectors: differentiable w.r.t. W only."""
         # Clones: autograd saves u and v, and the next power-iteration step updates them in place.
-        return torch.dot(self.u.float().clone(), self.weight.float() @ self.v.float().clone())
+        # fp32 even under autocast, which would otherwise run W @ v in bf16.
+        with _no_autocast(self.weight):
+            return torch.dot(self.u.float().clone(), self.weight.float() @ self.v.float().clone())
 
     def gain(self) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
