@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--text-field', help='record field holding the text (default: text, else content)')
     p.add_argument('--hf-split', default='train')
     p.add_argument('--max-docs', type=int, help='documents per source at most')
-    p.add_argument('--max-chars', type=int, default=8_000_000, help='characters in all at most (default 8M; 0: no cap)')
+    p.add_argument('--max-chars', type=int, default=4_000_000, help="characters in all at most (default 4M; 0: no cap)")
     p.add_argument('--force', action='store_true', help='rebuild even if --out holds a prepared dataset')
     p.set_defaults(func=_prepare)
 

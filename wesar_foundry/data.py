@@ -3,7 +3,7 @@
 Sources:
 - ``docstrings``: the embedded default — docstrings of the installed Python standard library,
   then of the installed packages (site-packages), read with ``ast`` (nothing imported, no
-  network). The stdlib alone gives about 2.2 M characters; ``max_chars`` (default 8 M) caps it.
+  network). The stdlib alone gives about 2.2 M characters; ``max_chars`` (default 4 M, about 1 M tokens) caps it.
 - local ``.txt`` files (split into ~2k-character paragraphs) and ``.jsonl`` files (one document
   per line, its ``text`` field);
 - ``hf:<name>[:<config>]``: a Hugging Face dataset, streamed (needs the network), e.g.
@@ -57,7 +57,7 @@ class PrepareConfig:
     """Split of a hub dataset."""
     max_docs: int | None = None
     """Stop after this many documents per source (hub datasets are large)."""
-    max_chars: int | None = 8_000_000
+    max_chars: int | None = 4_000_000
     """Stop after this many characters in all (None: no cap)."""
 
 

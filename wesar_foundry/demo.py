@@ -51,11 +51,11 @@ class DemoConfig:
     """Attention heads."""
     seq_len: int = 128
     """Tokens per sequence."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Sequences per step."""
     vocab_size: int = 4096
     """BPE vocabulary trained by ``prepare``."""
-    max_chars: int | None = 8_000_000
+    max_chars: int | None = 4_000_000
     """Corpus size cap for ``prepare`` (characters)."""
     ratio_interval: int = 5
     """update_ratio_monitor logging interval (steps)."""
@@ -96,7 +96,9 @@ def run_config(cfg: DemoConfig, data: Path, method: str, seed: int, lr: float, r
         'max_seq_len': cfg.seq_len,
         'model': {'name': 'wesar_llama', 'init_device': 'cpu', 'd_model': cfg.d_model, 'n_layers': cfg.n_layers,
                   'n_heads': cfg.n_heads, 'vocab_size': cfg.vocab_size, 'max_seq_len': cfg.seq_len,
-                  'mlp_type': 'gelu', 'z_loss': 1e-4, 'attn_implementation': 'sdpa', **copy.deepcopy(METHODS[method])},
+                  'mlp_type': 'gelu', 'z_loss': 1e-4, 'attn_implementation': 'sdpa',
+                  'use_train_metrics': False,  # the loss is logged anyway; saves two passes over the logits
+                  **copy.deepcopy(METHODS[method])},
         'tokenizer': {'name': str(data / 'tokenizer'), 'kwargs': {'model_max_length': cfg.seq_len}},
         'train_loader': loader('train', True),
         'eval_loader': loader('val', False),

@@ -36,3 +36,9 @@ def test_vocab_smaller_than_the_tokenizer_is_refused(tiny_data):
 def test_tied_embeddings_work_without_gates():
     model = build_model(reparam='none', tie_word_embeddings=True)
     assert model.model.lm_head.weight is model.model.model.embed_tokens.weight
+
+
+def test_train_metrics_can_be_switched_off_but_eval_metrics_stay():
+    model = build_model(use_train_metrics=False)
+    assert not model.get_metrics(is_train=True)
+    assert set(model.get_metrics(is_train=False)) == {'LanguageCrossEntropy', 'LanguagePerplexity'}

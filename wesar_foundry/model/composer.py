@@ -72,9 +72,10 @@ class WeSaRComposerModel(HuggingFaceModel):
         if init_device != 'meta':
             model.apply(param_init_fn)
 
+        metrics = lambda: [LanguageCrossEntropy(ignore_index=IGNORE_INDEX), LanguagePerplexity(ignore_index=IGNORE_INDEX)]  # noqa: E731
         super().__init__(
             model=model, tokenizer=tokenizer, use_logits=True, shift_labels=True,
-            metrics=[LanguageCrossEntropy(ignore_index=IGNORE_INDEX), LanguagePerplexity(ignore_index=IGNORE_INDEX)],
+            metrics=metrics() if cfg.use_train_metrics else [], eval_metrics=metrics(),
         )
         self.z_loss = float(cfg.z_loss)
 

@@ -59,6 +59,8 @@ class WeSaRModelConfig:
     """σReparam's γ at init: 'one' (the paper) or 'spectral' (σ_max(W), the authors' code)."""
     attn_implementation: str = 'sdpa'
     """HF attention kernel: eager, sdpa or flash_attention_2 (GPU only)."""
+    use_train_metrics: bool = True
+    """Also compute LanguageCrossEntropy/Perplexity on train batches (two extra passes over the logits)."""
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> 'WeSaRModelConfig':
