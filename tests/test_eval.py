@@ -124,7 +124,10 @@ def test_eval_offline_matches_direct_computation(model_dir, data_files, tmp_path
     wikitext, lambada = data_files
     out = tmp_path / 'results.json'
     # A fresh process, offline for the hub and datasets, with empty caches: nothing is fetched.
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
+    # Without the single-rank variables Composer's train() leaves in os.environ (earlier tests):
+    # with WORLD_SIZE set, accelerate would try an env:// rendezvous.
+    dist_vars = {'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT'}
+    env = {**{k: v for k, v in os.environ.items() if k not in dist_vars}, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
            'HF_HOME': str(tmp_path / 'hf-home'), 'HF_DATASETS_CACHE': str(tmp_path / 'datasets-cache')}
     proc = subprocess.run(
         [sys.executable, '-m', 'wesar_foundry.cli', 'eval', str(model_dir), '--wikitext-file', str(wikitext),

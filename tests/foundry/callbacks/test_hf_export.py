@@ -39,6 +39,7 @@ def runs(tiny_data, tmp_path_factory):
         cfg.variables.data_local = str(tiny_data)
         cfg.variables.max_seq_len = TINY_MODEL['max_seq_len']
         cfg.model.update({**TINY_MODEL, **model_kwargs})
+        cfg.callbacks, cfg.loggers = {}, {}  # only this test's callback and logger
         callback = {'save_folder': str(folder / 'hf'), 'save_interval': '5ba'}
         if precision:
             callback['precision'] = precision
