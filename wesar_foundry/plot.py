@@ -255,6 +255,10 @@ def plot_runs(metrics_paths: Sequence[str | Path], labels: Sequence[str] | None 
     ax_uni.set_ylabel('max/min update ratio\nacross matrices')
     if drew_uni:
         ax_uni.set_yscale('log')
+        # Spreads usually sit inside one decade: label 1-2-5 ticks, and show 1 (= uniform).
+        ax_uni.set_ylim(bottom=1.0)
+        ax_uni.axhline(1.0, color='grey', linestyle=':', linewidth=1)
+        ax_uni.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax_uni.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax_uni.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax_uni.legend(fontsize=8)
