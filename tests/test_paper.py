@@ -71,9 +71,10 @@ def test_1b_parameter_counts_match_the_paper():
     assert count('1b', 'weight_norm')[0] == plain + sum(m.weight.shape[0] for m in mats.values())
 
 
-@pytest.mark.parametrize('size, approx', [('130m', 134e6), ('13b', 13e9)])
-def test_other_sizes_build_on_meta_at_the_expected_scale(size, approx):
-    n, _ = count(size, 'wesar')
+@pytest.mark.parametrize('size, approx', [('130m', 134e6), ('1b', 1.34e9), ('13b', 13e9)])
+@pytest.mark.parametrize('method', sorted(paper.METHODS))
+def test_every_size_and_method_builds_on_meta_at_the_expected_scale(size, approx, method):
+    n, _ = count(size, method)  # asserts every parameter is on the meta device
     assert n == pytest.approx(approx, rel=0.05)
 
 
