@@ -17,7 +17,7 @@ from tests.helpers import build_model
     ({'init_config': {'name': 'wesar_', 'sigma2': -4e-5}}, r'init_config.sigma2'),
     ({'init_config': {'name': 'wesar_', 'sigma': 4e-5}}, r'unknown model.init_config key\(s\) sigma; allowed keys: name, target, sigma2'),
     ({'tie_word_embeddings': True}, r"tie_word_embeddings=True is not allowed with model.reparam='wesar'"),
-    ({'d_modle': 64}, r'unknown model key\(s\) d_modle.*allowed keys: d_model'),
+    ({'d_modle': 64}, r'model \(wesar_llama\): unknown option\(s\) d_modle; allowed: d_model'),
     ({'n_heads': 3}, r'divisible by model.n_heads=3'),
     ({'init_device': 'cuda'}, r"init_device='cuda'; allowed: cpu, meta, mixed"),
 ])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import LlamaConfig
 
+from wesar_foundry.options import from_options
 from wesar_foundry.init_targets import TARGETS, check_sigma, check_target
 from wesar_foundry.reparam import GAMMA_INITS, REPARAMS
 
@@ -65,11 +65,7 @@ class WeSaRModelConfig:
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> 'WeSaRModelConfig':
         """Build from YAML keys, rejecting unknown ones by name (llm-foundry checks none)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(kwargs) - set(names))
-        if unknown:
-            raise ValueError(f'unknown model key(s) {", ".join(unknown)} for wesar_llama; allowed keys: {", ".join(names)}')
-        cfg = cls(**kwargs)
+        cfg = from_options(cls, kwargs, 'model (wesar_llama)')
         cfg.validate()
         return cfg
 

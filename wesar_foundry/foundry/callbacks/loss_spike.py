@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 
 from wesar_foundry.foundry.callbacks.update_ratio import Measurement, UpdateRatioMonitor
+from wesar_foundry.options import from_options
 from wesar_foundry.spikes import SpikeDetector, SpikeRule
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,7 @@ class LossSpikeMonitor(Callback):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        allowed = {f.name for f in fields(LossSpikeConfig)}
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            raise ValueError(f'callbacks.loss_spike_monitor: unknown option(s) {", ".join(unknown)}; '
-                             f'allowed: {", ".join(sorted(allowed))}')
-        self.config = LossSpikeConfig(**kwargs)
+        self.config = from_options(LossSpikeConfig, kwargs, 'callbacks.loss_spike_monitor')
         self.detector = SpikeDetector(self.config.rule())
         self.spikes: list[dict[str, Any]] = []
         self._monitor: UpdateRatioMonitor | None = None

@@ -12,7 +12,7 @@ import math
 import re
 import warnings
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from wesar_foundry.options import from_options
 from wesar_foundry.ratios import (
     Entry, Item, aggregate, clean_name, collect_sums, infer_layer, infer_role, matrix_key, ratio,
 )
@@ -119,12 +120,7 @@ class UpdateRatioMonitor(Callback):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        allowed = {f.name for f in fields(UpdateRatioConfig)}
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            raise ValueError(f'callbacks.update_ratio_monitor: unknown option(s) {", ".join(unknown)}; '
-                             f'allowed: {", ".join(sorted(allowed))}')
-        self.config = UpdateRatioConfig(**kwargs)
+        self.config = from_options(UpdateRatioConfig, kwargs, 'callbacks.update_ratio_monitor')
         self._include = re.compile(self.config.include) if self.config.include else None
         self._exclude = re.compile(self.config.exclude) if self.config.exclude else None
         self._items: list[Item] | None = None
