@@ -78,6 +78,8 @@ class WeSaRComposerModel(HuggingFaceModel):
             metrics=metrics() if cfg.use_train_metrics else [], eval_metrics=metrics(),
         )
         self.z_loss = float(cfg.z_loss)
+        # Counted once: speed_monitor asks for FLOPs every batch. The embedding is a lookup.
+        self._matmul_params = sum(p.numel() for n, p in model.named_parameters() if 'embed_tokens' not in n)
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         # Labels stay out of the HF forward, so it computes no loss of its own.
@@ -97,6 +99,5 @@ class WeSaRComposerModel(HuggingFaceModel):
     def flops_per_batch(self, batch: Mapping) -> int:
         # 6·N·tokens for the matmuls plus attention: what MFU callbacks need.
         bs, seq = batch['input_ids'].shape[:2]
-        params = sum(p.numel() for n, p in self.model.named_parameters() if 'embed_tokens' not in n)
         attn = 12 * self.wesar_config.n_layers * self.wesar_config.d_model * seq  # fwd+bwd QK^T and AV
-        return (6 * params + attn) * bs * seq
+        return (6 * self._matmul_params + attn) * bs * seq

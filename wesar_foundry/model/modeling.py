@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
+from wesar_foundry.init_targets import stored_embedding_std
 from wesar_foundry.model.config import WeSaRLlamaConfig
 from wesar_foundry.reparam import (
     PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
@@ -29,7 +30,6 @@ def make_matrix(config: WeSaRLlamaConfig, rows: int, cols: int, role: str, kind:
         return SigmaReparamMatrix(rows, cols, role, kind, gamma_init=config.sigma_reparam_gamma_init)
     if role == 'emb':
         # "Spike No More": a plain embedding's output is scaled to std 1 by a constant.
-        from wesar_foundry.init_targets import stored_embedding_std
         return PlainMatrix(rows, cols, role, kind, scale=1.0 / stored_embedding_std(config.init_target, config.hidden_size))
     if reparam == 'residual_scaling':
         return ResidualScaledMatrix(rows, cols, role, kind, n_layers=config.num_hidden_layers)
