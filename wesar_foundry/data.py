@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from wesar_foundry.atomic import staged_dir
 
 EOS, PAD = '<|endoftext|>', '<|pad|>'
 DEFAULT_SOURCE = 'docstrings'
@@ -229,9 +228,7 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
     if out.exists() and not manifest.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f'{out} exists and is not a prepared dataset; pass --force or choose another out')
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         _progress('reading documents')
         docs = list(iter_documents(cfg))
         if not docs:
@@ -258,11 +255,5 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
             if counts[split] == 0:
                 raise ValueError(f'the {split} split has no sample of {cfg.seq_len} tokens; add text or lower seq_len')
         (tmp / MANIFEST).write_text(json.dumps({'config': asdict(cfg), 'samples': counts, 'vocab': len(tokenizer)}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _progress(f'done: {out} ({counts} samples of {cfg.seq_len} tokens, vocab {len(tokenizer)})')
     return out

@@ -28,9 +28,7 @@ to one onto Llama's MLP and export at no extra cost.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.accelerate import init_empty_weights
 
+from wesar_foundry.atomic import staged_dir
 from wesar_foundry.model.config import WeSaRLlamaConfig
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
 from wesar_foundry.reparam import ReparamMatrix
@@ -212,27 +211,11 @@ def save_llama(llama: LlamaForCausalLM, out_dir: str | os.PathLike, tokenizer=No
     existing ``out_dir`` is replaced only then.
     """
     out = check_output_dir(out_dir, force, protect)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling, so the final rename stays on one filesystem (atomic).
-    staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
-    try:
+    with staged_dir(out) as staging:
         llama.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if out.exists():
-            check_output_dir(out, force, protect)  # created meanwhile by someone else?
-            trash = out.parent / f'.{out.name}.old-{uuid.uuid4().hex[:8]}'
-            out.rename(trash)
-            staging.rename(out)
-            if trash.is_dir():
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                trash.unlink()
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        check_output_dir(out, force, protect)  # created meanwhile by someone else?
     return out
 
 
