@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from wesar_foundry.cli import main
 from wesar_foundry.demo import DemoConfig, run_demo

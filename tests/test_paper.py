@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from omegaconf import OmegaConf
 
 from wesar_foundry import paper

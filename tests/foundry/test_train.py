@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from llmfoundry.command_utils import train
 
 from wesar_foundry.reparam import ReparamMatrix

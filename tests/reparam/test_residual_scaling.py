@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from wesar_foundry.reparam import ResidualScaledMatrix
 

@@ -6,7 +6,6 @@ Composer backpropagates ``total`` and logs ``loss/train/ce`` and ``loss/train/z_
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
