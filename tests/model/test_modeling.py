@@ -168,3 +168,71 @@ def test_adam_update_of_raw_weights_does_not_depend_on_how_the_scale_is_split():
         assert torch.allclose(da, db, atol=1e-6 * 1e-3 * 100, rtol=1e-4), name
         checked += 1
     assert checked == len(mats)
+
+
+def _checkpointed(model, impl: str | None):
+    """The model with its decoder layers wrapped by torch's checkpoint wrapper, as Composer does."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper,
+    )
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    if impl is not None:
+        how = CheckpointImpl.REENTRANT if impl == 'reentrant' else CheckpointImpl.NO_REENTRANT
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=how),
+                                       check_fn=lambda m: isinstance(m, LlamaDecoderLayer))
+    return model
+
+
+def _sigma_step(impl: str | None, steps: int = 3):
+    """Loss, σ's, gradients and singular vectors of a few training steps of a σReparam model."""
+    torch.manual_seed(0)
+    model = build_model(reparam='sigma_reparam', init_config={'name': 'wesar_', 'sigma2': 16e-5})
+    hf = _checkpointed(model.model, impl).train()
+    opt = torch.optim.SGD(hf.parameters(), lr=0.5)
+    out = []
+    for step in range(steps):
+        b = batch(seed=step)
+        opt.zero_grad()
+        loss = model.loss(model.forward(b), b)['total']
+        loss.backward()
+        mats = {n.replace('._checkpoint_wrapped_module', ''): m for n, m in hf.named_modules()
+                if isinstance(m, ReparamMatrix)}
+        out.append({
+            'loss': loss.detach(),
+            'sigma': {n: m.sigma_max().detach() for n, m in mats.items()},
+            'grad': {n: m.weight.grad.clone() for n, m in mats.items()},
+            'u': {n: m.u.clone() for n, m in mats.items()},
+        })
+        opt.step()
+    return out
+
+
+@pytest.mark.parametrize('impl', ['reentrant', 'non_reentrant'])
+def test_sigma_reparam_runs_the_same_algorithm_under_activation_checkpointing(impl):
+    """One power-iteration step per training forward, not one per (re)computation: the σ in the
+    loss and in the gradient are the same with and without checkpointing."""
+    plain, ckpt = _sigma_step(None), _sigma_step(impl)
+    for step, (a, b) in enumerate(zip(plain, ckpt)):
+        assert torch.allclose(a['loss'], b['loss'], rtol=1e-6, atol=0), step
+        for name in a['grad']:
+            assert torch.allclose(a['u'][name], b['u'][name], rtol=1e-6, atol=1e-7), (step, name)
+            assert torch.allclose(a['sigma'][name], b['sigma'][name], rtol=1e-6, atol=0), (step, name)
+            assert torch.allclose(a['grad'][name], b['grad'][name], rtol=1e-5, atol=1e-9), (step, name)
+
+
+def test_sigma_reparam_steps_once_per_training_forward_and_never_in_eval():
+    model = build_model(reparam='sigma_reparam', init_config={'name': 'wesar_', 'sigma2': 16e-5})
+    q = model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        q.weight.mul_(1.5).add_(0.01 * torch.randn_like(q.weight))  # stale vectors, as after an update
+    u0 = q.u.clone()
+    model.eval()
+    with torch.no_grad():
+        model.forward(batch())
+    assert torch.equal(q.u, u0)
+    model.train()
+    model.forward(batch())
+    u1 = q.u.clone()
+    assert not torch.equal(u1, u0)
+    q.forward(torch.randn(2, D))  # a recompute within the same forward: no second step
+    assert torch.equal(q.u, u1)

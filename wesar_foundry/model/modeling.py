@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 from wesar_foundry.init_targets import stored_embedding_std
 from wesar_foundry.model.config import WeSaRLlamaConfig
 from wesar_foundry.reparam import (
-    PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
+    ForwardClock, PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
 )
 
 
@@ -76,6 +76,17 @@ class WeSaRLlamaForCausalLM(LlamaForCausalLM):
         self.lm_head = make_matrix(config, v, d, 'head')
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # σReparam steps its power iteration once per tick: ticked here, outside the decoder
+        # layers that activation checkpointing recomputes.
+        self.forward_clock = ForwardClock()
+        for m in self.modules():
+            if isinstance(m, SigmaReparamMatrix):
+                m.clock = self.forward_clock
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            self.forward_clock.tick += 1
+        return super().forward(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers calls this for weights missing from a checkpoint; ours are drawn by the

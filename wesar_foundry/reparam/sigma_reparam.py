@@ -1,5 +1,15 @@
 """σReparam (Zhai et al. 2023): W̄ = γ · W / σ_max(W), σ_max from one power-iteration step per
-training step (Miyato et al. 2018)."""
+training forward (Miyato et al. 2018).
+
+**One step per forward, whatever recomputes it.** The power-iteration step updates buffers, so a
+module that runs twice for one forward would update them twice: activation checkpointing does
+exactly that (non-reentrant: forward, then the recompute in backward; reentrant: a no-grad
+forward, then the recompute), and the loss and the gradient would then see different σ. The
+model therefore counts its training forwards on a shared ``ForwardClock`` (ticked outside any
+checkpointed region) and each matrix steps once per tick: the first run of the forward steps,
+a recompute finds the tick already seen and uses the same vectors. A matrix with no clock
+(standalone use) steps on every training forward with grad enabled.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +21,36 @@ from wesar_foundry.reparam.base import ReparamMatrix, _normal_, new_gate
 GAMMA_INITS = ('one', 'spectral')
 
 # Power-iteration steps at init, so that σ_max is accurate from the first forward.
-_INIT_ITERATIONS = 30
+_INIT_ITERATIONS = 100
+
+
+_VECTOR_SEED = 0
+
+
+def _whole(w: torch.Tensor) -> torch.Tensor:
+    """The whole matrix: a DTensor shard (FSDP2 at init, outside the forward) is gathered; every
+    rank must then call this together, as Composer's per-module init does."""
+    return w.full_tensor() if hasattr(w, 'full_tensor') else w
 
 
 def _no_autocast(t: torch.Tensor):
     return torch.autocast(t.device.type, enabled=False)
 
 
+class ForwardClock:
+    """Counts a model's training forwards; shared by all its σReparam matrices."""
+
+    def __init__(self) -> None:
+        self.tick = 0
+
+
 class SigmaReparamMatrix(ReparamMatrix):
     """The singular vectors ``u``, ``v`` are persistent buffers (checkpointed) and never
     differentiated through; σ_max = uᵀWv is differentiated w.r.t. W, as in the paper.
 
-    In training mode each forward first runs one power-iteration step and stores the new
-    vectors; in eval mode the stored vectors are used as they are, so eval and ``merge`` agree.
+    In training mode each forward first runs one power-iteration step (once per ``clock`` tick,
+    see the module doc) and stores the new vectors; in eval mode, and in ``gain()`` called from
+    outside the forward, the stored vectors are used as they are, so eval and ``merge`` agree.
 
     ``gamma_init='one'`` is the paper's γ = 1; ``'spectral'`` starts γ at σ_max(W) as the original
     authors' code does, so that W̄ = W at init.
@@ -37,6 +64,8 @@ class SigmaReparamMatrix(ReparamMatrix):
         self.gamma = new_gate((1,), device)
         self.register_buffer('u', torch.empty(rows, dtype=torch.float32, device=device))
         self.register_buffer('v', torch.empty(cols, dtype=torch.float32, device=device))
+        self.clock: ForwardClock | None = None
+        self._stepped_at: int | None = None
 
     @torch.no_grad()
     def power_iteration_(self, steps: int = 1) -> None:
@@ -45,7 +74,7 @@ class SigmaReparamMatrix(ReparamMatrix):
             self._power_iteration(steps)
 
     def _power_iteration(self, steps: int) -> None:
-        w = self.weight.float()
+        w = _whole(self.weight).float()
         u, v = self.u.float(), self.v.float()
         for _ in range(steps):
             v = F.normalize(w.t() @ u, dim=0)
@@ -58,21 +87,33 @@ class SigmaReparamMatrix(ReparamMatrix):
         # Clones: autograd saves u and v, and the next power-iteration step updates them in place.
         # fp32 even under autocast, which would otherwise run W @ v in bf16.
         with _no_autocast(self.weight):
-            return torch.dot(self.u.float().clone(), self.weight.float() @ self.v.float().clone())
+            return torch.dot(self.u.float().clone(), _whole(self.weight).float() @ self.v.float().clone())
 
     def gain(self) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
-            self.power_iteration_()
         return self.gamma / self.sigma_max()
+
+    def _step_due(self) -> bool:
+        if self.clock is None:
+            return torch.is_grad_enabled()
+        if self._stepped_at == self.clock.tick:
+            return False  # a recompute of this tick's forward
+        self._stepped_at = self.clock.tick
+        return True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self._step_due():
+            self.power_iteration_()
+        return super().forward(x)
 
     def init_(self, target_std: float, sigma: float, generator: torch.Generator | None = None) -> None:
         # σReparam normalizes W, so the target std has no say: W ~ N(0, σ) as the paper does.
         _normal_(self.weight, sigma, generator)
+        # The starting vectors come from a fixed private generator, not the run's: every rank of a
+        # sharded init (where u, v are replicated buffers) starts from the same vectors.
+        start = torch.Generator().manual_seed(_VECTOR_SEED)
         with torch.no_grad():
-            self.u.normal_(0.0, 1.0, generator=generator)
-            self.v.normal_(0.0, 1.0, generator=generator)
-            self.u.copy_(F.normalize(self.u, dim=0))
-            self.v.copy_(F.normalize(self.v, dim=0))
+            self.u.copy_(F.normalize(torch.randn(self.u.shape[0], generator=start), dim=0))
+            self.v.copy_(F.normalize(torch.randn(self.v.shape[0], generator=start), dim=0))
         self.power_iteration_(_INIT_ITERATIONS)
         with torch.no_grad():
             self.gamma.fill_(1.0 if self.gamma_init == 'one' else float(self.sigma_max()))
