@@ -5,11 +5,18 @@ Lines are ``{"step": <batch>, "<key>": <value>, ...}``; the first line is
 ``{"run_name": ..., "hparams": {...}}`` once hyperparameters are known. Steps are Composer's
 ``timestamp.batch`` at the time of the call (the training loss of batch t is logged at t − 1,
 metrics logged at ``BATCH_END`` at t).
+
+**Resumption.** The logger's checkpointed state is the file's length at the checkpoint. A run
+resumed from that checkpoint (autoresume after a preemption, or ``load_path``) cuts the file back
+to that length and appends: the steps the interrupted run logged after its last checkpoint are
+run and logged again, so every step appears exactly once. The file is therefore opened at
+``FIT_START``, after the checkpoint is loaded; what is logged before is buffered.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -19,6 +26,8 @@ import torch
 from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
+
+log = logging.getLogger(__name__)
 
 
 def _jsonable(v: Any) -> Any:
@@ -36,7 +45,8 @@ class JSONLLogger(LoggerDestination):
         path: output file; ``{run_name}`` and ``{rank}`` are filled in. Default
             ``{run_name}/metrics.jsonl``.
         all_ranks: write one file per rank (``path`` must then contain ``{rank}``); default rank 0 only.
-        overwrite: replace an existing file instead of failing.
+        overwrite: replace an existing file when the run starts from scratch, instead of failing
+            (a resumed run always continues its file).
     """
 
     def __init__(self, path: str = '{run_name}/metrics.jsonl', all_ranks: bool = False, overwrite: bool = True) -> None:
@@ -51,6 +61,7 @@ class JSONLLogger(LoggerDestination):
         self._file = None
         self._pending: list[str] = []
         self._header: dict[str, Any] = {}
+        self._resume_offset: int | None = None
 
     @property
     def _enabled(self) -> bool:
@@ -61,13 +72,44 @@ class JSONLLogger(LoggerDestination):
             return
         self.path = Path(self.path_template.format(run_name=state.run_name, rank=dist.get_global_rank()))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and not self.overwrite:
-            raise FileExistsError(f'loggers.jsonl: {self.path} exists (set overwrite: true to replace it)')
-        self._file = open(self.path, 'w', encoding='utf-8')
-        self._write({'run_name': state.run_name, **self._header})
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if not self._enabled or self._file is not None:
+            return
+        resumed = int(state.timestamp.batch) > 0
+        if resumed and self._resume_offset is not None and self.path.exists():
+            self._file = open(self.path, 'r+', encoding='utf-8')
+            # Drop what the interrupted run logged after its checkpoint: those steps run again.
+            self._file.truncate(min(self._resume_offset, self.path.stat().st_size))
+            self._file.seek(0, os.SEEK_END)
+        elif resumed and self.path.exists():
+            log.warning('loggers.jsonl: resumed from a checkpoint that holds no jsonl state (or none for this '
+                        'rank); appending to %s, so steps logged after that checkpoint may appear twice', self.path)
+            self._file = open(self.path, 'a', encoding='utf-8')
+        else:
+            if self.path.exists() and not self.overwrite:
+                raise FileExistsError(f'loggers.jsonl: {self.path} exists and this run starts from scratch '
+                                      '(set overwrite: true to replace it)')
+            self._file = open(self.path, 'w', encoding='utf-8')
+            self._write({'run_name': state.run_name, **self._header})
         for line in self._pending:
             self._file.write(line)
         self._pending = []
+
+    def state_dict(self) -> dict[str, Any]:
+        # The file's length at this checkpoint (-1: nothing written yet), with the rank it belongs
+        # to: a sharded checkpoint keeps only rank 0's copy of such values, which is all the
+        # default (rank 0 writes) needs; with all_ranks, the other ranks append instead.
+        offset = -1
+        if self._file is not None:
+            self._file.flush()
+            offset = self._file.tell()
+        return {'offset': offset, 'rank': dist.get_global_rank()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        offset = int(state.get('offset', -1))
+        mine = int(state.get('rank', 0)) == dist.get_global_rank()
+        self._resume_offset = offset if offset >= 0 and mine else None
 
     def _write(self, obj: dict[str, Any]) -> None:
         line = json.dumps(obj, default=str) + '\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -145,11 +146,15 @@ class LossSpikeMonitor(Callback):
             return
         logger.log_metrics(metrics)
 
+    # One JSON string: a sharded checkpoint restores only the keys a fresh monitor's state_dict
+    # already has, so the window and the records must not become keys of their own.
     def state_dict(self) -> dict[str, Any]:
-        return {'detector': self.detector.state_dict(), 'spikes': list(self.spikes),
-                'config': asdict(self.config)}
+        return {'state': json.dumps({'detector': self.detector.state_dict(), 'spikes': self.spikes,
+                                     'config': asdict(self.config)})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if 'state' in state:
+            state = json.loads(state['state'])
         self.detector.load_state_dict(state['detector'])
         self.spikes = list(state['spikes'])
 

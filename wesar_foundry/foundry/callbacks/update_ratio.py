@@ -7,6 +7,7 @@ the stored one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -81,6 +82,14 @@ class Measurement:
     """Every measured entry's update ratio."""
     metrics: dict[str, float]
     """What was logged: aggregates and the chosen per-matrix keys."""
+
+    def to_json(self) -> dict[str, Any]:
+        ratios = [[e.name, e.kind, e.role, e.layer, e.is_matrix, r] for e, r in self.ratios.items()]
+        return {'step': self.step, 'ratios': ratios, 'metrics': self.metrics}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> 'Measurement':
+        return cls(int(d['step']), {Entry(*row[:5]): float(row[5]) for row in d['ratios']}, dict(d['metrics']))
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` matrices with the largest ratios: effective ones if measured, else raw."""
@@ -270,6 +279,15 @@ class UpdateRatioMonitor(Callback):
 
     def fit_end(self, state: State, logger: Logger) -> None:
         self._snapshot, self._snap_gains = {}, {}
+
+    # One JSON string: a sharded checkpoint restores only the keys a fresh monitor's state_dict
+    # already has, so run-dependent structure must not become keys.
+    def state_dict(self) -> dict[str, Any]:
+        return {'history': json.dumps([m.to_json() for m in self.history])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(Measurement.from_json(d) for d in json.loads(state['history']))
 
 
 def _copy(t: torch.Tensor, device: str | None) -> torch.Tensor:

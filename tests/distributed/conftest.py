@@ -1,0 +1,94 @@
+"""The two-rank tier: every paper method trained over two CPU ranks with FSDP2 (one launch for
+all of them), and the same configs in one process, shared by the tests of this folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.configs import PAPER_METHOD, load, overrides
+from tests.distributed.launch import result, run_train_jobs
+
+REPARAMS = tuple(PAPER_METHOD)
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.distributed)
+
+
+@dataclass
+class Run:
+    """One finished training run and what it logged."""
+
+    reparam: str
+    save_folder: Path
+    """Composer's save_folder (sharded ``ep0-ba*`` folders for two ranks)."""
+    cwd: Path
+    """Where it ran: the jsonl logger's ``{run_name}/metrics.jsonl`` is relative to it."""
+    run_name: str
+    metrics: dict[str, dict[int, float]]
+    """Logged metrics, {key: {step: value}}."""
+    states: dict
+    """The monitors' ``state_dict()`` at the end."""
+    input_ids: torch.Tensor
+    logits: torch.Tensor
+    """fp32 logits of the trained model on ``input_ids``, eval mode."""
+    raw: dict
+    """Everything the driver collected."""
+
+    @property
+    def losses(self) -> list[float]:
+        series = self.metrics['loss/train/total']
+        return [series[s] for s in sorted(series)]
+
+
+def job(reparam: str, work: Path, data: Path, world_size: int, *extra: str, name: str | None = None) -> dict:
+    name = name or reparam
+    cwd = work / name
+    ovr = overrides(data, cwd / 'checkpoints', f'{name}-{world_size}rank', world_size,
+                    'callbacks.test_gloo_grad_average={}', *extra)
+    return {'reparam': reparam, 'cwd': str(cwd), 'out': str(cwd / 'out'), 'overrides': ovr}
+
+
+def as_run(j: dict, r: dict) -> Run:
+    run_name = next(o.split('=', 1)[1] for o in j['overrides'] if o.startswith('variables.run_name='))
+    return Run(j['reparam'], Path(j['cwd']) / 'checkpoints', Path(j['cwd']), run_name, r['metrics'], r['states'],
+               r['input_ids'], r['logits'], r)
+
+
+@pytest.fixture(scope='session')
+def fsdp_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
+    """Every paper method, 10 steps over two ranks (FSDP2 FULL_SHARD, activation checkpointing,
+    sharded checkpoints every 5 steps), in one ``composer -n 2`` launch."""
+    work = tmp_path_factory.mktemp('two-ranks')
+    jobs = [job(r, work, tiny_data, 2) for r in REPARAMS]
+    run_train_jobs(jobs, work)
+    return {j['reparam']: as_run(j, result(j)) for j in jobs}
+
+
+@pytest.fixture(scope='session')
+def single_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
+    """The same configs and global batch in one process (llm-foundry drops FSDP at world size 1)."""
+    from llmfoundry.command_utils import train
+
+    from tests.distributed.driver import collect
+    work = tmp_path_factory.mktemp('one-process')
+    runs, here = {}, os.getcwd()
+    try:
+        for reparam in REPARAMS:
+            j = job(reparam, work, tiny_data, 1)
+            Path(j['cwd']).mkdir(parents=True)
+            os.chdir(j['cwd'])
+            trainer = train(load(reparam, j['overrides']))
+            runs[reparam] = as_run(j, collect(trainer))
+            trainer.close()
+    finally:
+        os.chdir(here)
+    return runs

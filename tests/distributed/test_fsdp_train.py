@@ -1,0 +1,63 @@
+"""The paper configs over two ranks (FSDP2 FULL_SHARD, activation checkpointing, sharded
+checkpoints) train exactly as in one process, for every reparameterization."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.distributed.conftest import REPARAMS
+from tests.stock_llama import load_with_stock_transformers
+
+STEPS = 10
+
+
+@pytest.mark.parametrize('reparam', REPARAMS)
+def test_two_ranks_shard_every_parameter_and_checkpoint_every_decoder_layer(fsdp_runs, reparam):
+    raw = fsdp_runs[reparam].raw
+    assert raw['world_size'] == 2
+    assert raw['sharded_params'] == raw['params'] > 0  # FSDP2: every parameter a DTensor shard
+    assert raw['checkpointed_layers'] == 2  # both decoder layers of the tiny model
+
+
+@pytest.mark.parametrize('reparam', REPARAMS)
+def test_losses_over_two_ranks_equal_one_process_with_the_same_global_batch(fsdp_runs, single_runs, reparam):
+    two, one = fsdp_runs[reparam].losses, single_runs[reparam].losses
+    assert len(two) == len(one) == STEPS
+    assert two == pytest.approx(one, rel=1e-5)
+    assert two[-1] < two[0]  # it trained
+
+
+@pytest.mark.parametrize('reparam', REPARAMS)
+def test_update_ratio_monitor_figures_over_two_ranks_equal_one_process(fsdp_runs, single_runs, reparam):
+    two, one = fsdp_runs[reparam].metrics, single_runs[reparam].metrics
+    keys = sorted(k for k in one if k.startswith('update_ratio/'))
+    # Effective ratios of per-row / spectral gains need whole matrices: not measured under FSDP.
+    gained = reparam in ('weight_norm', 'sigma_reparam')
+    expected = [k for k in keys if not (gained and k.startswith('update_ratio/effective/'))]
+    assert set(expected) <= set(two) and len(expected) > 20
+    for key in expected:
+        assert sorted(two[key]) == sorted(one[key]) == [2, 4, 6, 8, 10], key
+        for step, value in one[key].items():
+            assert two[key][step] == pytest.approx(value, rel=1e-4, abs=1e-9, nan_ok=True), (key, step)
+
+
+@pytest.mark.parametrize('reparam', REPARAMS)
+def test_the_sharded_checkpoint_is_written_whole_and_latest_points_at_it(fsdp_runs, reparam):
+    folder = fsdp_runs[reparam].save_folder
+    for step in (5, 10):
+        ckpt = folder / f'ep0-ba{step}'
+        assert (ckpt / '.metadata').is_file()
+        assert sorted(p.name for p in ckpt.glob('*.distcp')) == ['__0_0.distcp', '__1_0.distcp']
+    assert (folder / 'latest-sharded-rank0').resolve() == (folder / 'ep0-ba10').resolve()
+
+
+def test_the_export_callback_under_fsdp_writes_stock_llamas_with_the_trained_logits(fsdp_runs, tmp_path):
+    dirs = {r: run.save_folder / 'huggingface' / f'ba{STEPS}' for r, run in fsdp_runs.items()}
+    ids = next(iter(fsdp_runs.values())).input_ids
+    loaded = load_with_stock_transformers(dirs, ids, tmp_path / 'loader')
+    assert loaded['_our_modules'] == []
+    for reparam, run in fsdp_runs.items():
+        got = loaded[reparam]
+        assert (got['class'], got['model_type']) == ('LlamaForCausalLM', 'llama'), reparam
+        torch.testing.assert_close(got['logits'], run.logits, rtol=1e-5, atol=1e-5, msg=reparam)
