@@ -49,9 +49,20 @@ class ReparamMatrix(nn.Module):
         """Initialize every parameter and buffer this module owns so that std(W̄) = target_std.
 
         ``sigma`` is the common std of stored weights for methods that store W ~ N(0, σ).
-        Works on a freshly ``to_empty``-ed module: it touches nothing outside itself.
+        Works on a freshly ``to_empty``-ed module, whole or a DTensor shard: it touches nothing
+        outside itself. The weight is the only random draw; everything else follows from it
+        (``init_gains_``), so a sharded init gives what a whole one gives for the same weight.
         """
-        raise NotImplementedError
+        _normal_(self.weight, self.stored_std(target_std, sigma), generator)
+        self.init_gains_(target_std, sigma)
+
+    def stored_std(self, target_std: float, sigma: float) -> float:
+        """The std the stored weight is drawn with: the common σ for the gated methods."""
+        return sigma
+
+    @torch.no_grad()
+    def init_gains_(self, target_std: float, sigma: float) -> None:
+        """Set everything but the weight (gates, gains, buffers) from the current weight."""
 
     def effective_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """W̄ in ``dtype`` (default: the weight's), differentiable."""
@@ -106,9 +117,9 @@ class PlainMatrix(ReparamMatrix):
         rows = F.embedding(x, self.weight)
         return rows if self.scale == 1.0 else rows * self.scale
 
-    def init_(self, target_std: float, sigma: float, generator: torch.Generator | None = None) -> None:
+    def stored_std(self, target_std: float, sigma: float) -> float:
         # The stored weight carries whatever of the target the constant does not.
-        _normal_(self.weight, target_std / self.scale, generator)
+        return target_std / self.scale
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', scale={self.scale:.6g}'

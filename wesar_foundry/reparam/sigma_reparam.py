@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wesar_foundry.reparam.base import ReparamMatrix, _normal_, new_gate
+from wesar_foundry.reparam.base import ReparamMatrix, new_gate
 
 GAMMA_INITS = ('one', 'spectral')
 
@@ -105,18 +105,16 @@ class SigmaReparamMatrix(ReparamMatrix):
             self.power_iteration_()
         return super().forward(x)
 
-    def init_(self, target_std: float, sigma: float, generator: torch.Generator | None = None) -> None:
+    @torch.no_grad()
+    def init_gains_(self, target_std: float, sigma: float) -> None:
         # σReparam normalizes W, so the target std has no say: W ~ N(0, σ) as the paper does.
-        _normal_(self.weight, sigma, generator)
         # The starting vectors come from a fixed private generator, not the run's: every rank of a
         # sharded init (where u, v are replicated buffers) starts from the same vectors.
         start = torch.Generator().manual_seed(_VECTOR_SEED)
-        with torch.no_grad():
-            self.u.copy_(F.normalize(torch.randn(self.u.shape[0], generator=start), dim=0))
-            self.v.copy_(F.normalize(torch.randn(self.v.shape[0], generator=start), dim=0))
+        self.u.copy_(F.normalize(torch.randn(self.u.shape[0], generator=start), dim=0))
+        self.v.copy_(F.normalize(torch.randn(self.v.shape[0], generator=start), dim=0))
         self.power_iteration_(_INIT_ITERATIONS)
-        with torch.no_grad():
-            self.gamma.fill_(1.0 if self.gamma_init == 'one' else float(self.sigma_max()))
+        self.gamma.fill_(1.0 if self.gamma_init == 'one' else float(self.sigma_max()))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', gamma_init={self.gamma_init}'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from wesar_foundry.reparam.base import ReparamMatrix, _normal_, new_gate
+from wesar_foundry.reparam.base import ReparamMatrix, new_gate
 
 
 class WeightNormMatrix(ReparamMatrix):
@@ -19,7 +19,7 @@ class WeightNormMatrix(ReparamMatrix):
         norm = torch.linalg.vector_norm(self.weight.float(), dim=1)
         return (self.g / norm).unsqueeze(1)
 
-    def init_(self, target_std: float, sigma: float, generator: torch.Generator | None = None) -> None:
-        _normal_(self.weight, sigma, generator)
-        with torch.no_grad():
-            self.g.copy_(torch.linalg.vector_norm(self.weight.float(), dim=1) * (target_std / sigma))
+    @torch.no_grad()
+    def init_gains_(self, target_std: float, sigma: float) -> None:
+        # Row norms of a DTensor shard are those of its own whole rows (FSDP shards dim 0).
+        self.g.copy_(torch.linalg.vector_norm(self.weight.float(), dim=1) * (target_std / sigma))

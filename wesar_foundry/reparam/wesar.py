@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from wesar_foundry.reparam.base import ReparamMatrix, _normal_, new_gate
+from wesar_foundry.reparam.base import ReparamMatrix, new_gate
 
 
 class WeSaRMatrix(ReparamMatrix):
@@ -22,7 +22,6 @@ class WeSaRMatrix(ReparamMatrix):
     def gain(self) -> torch.Tensor:
         return self.alpha
 
-    def init_(self, target_std: float, sigma: float, generator: torch.Generator | None = None) -> None:
-        _normal_(self.weight, sigma, generator)
-        with torch.no_grad():
-            self.alpha.fill_(target_std / sigma)
+    @torch.no_grad()
+    def init_gains_(self, target_std: float, sigma: float) -> None:
+        self.alpha.fill_(target_std / sigma)
