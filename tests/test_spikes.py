@@ -77,3 +77,23 @@ def test_state_round_trips_and_continues_identically():
 def test_bad_rule_values_name_the_key(field, value):
     with pytest.raises(ValueError, match=f'loss_spike_monitor.{field}='):
         SpikeRule(**{field: value}).check()
+
+
+@pytest.mark.parametrize('at', [0, 3, 30])  # the first step, during warm-up, window still filling
+def test_a_non_finite_loss_is_flagged_and_counted_at_any_step(at):
+    det = SpikeDetector(RULE)
+    verdicts = [det.update(x) for x in smooth(seed=7)[:at] + [float('nan'), float('inf')]]
+    assert RULE.warmup > 30 and RULE.window > 30
+    assert [v.flagged for v in verdicts[-2:]] == [True, True] and not any(v.flagged for v in verdicts[:-2])
+    assert (det.count, det.nonfinite) == (1, 2)  # one spike of two non-finite steps
+    assert len(det.history) == at  # none of them entered the window
+
+
+def test_a_run_that_is_non_finite_from_the_start_counts_every_step():
+    det = SpikeDetector(RULE)
+    for _ in range(5):
+        det.update(float('nan'))
+    assert (det.count, det.nonfinite, det.steps) == (1, 5, 5)
+    det2 = SpikeDetector(RULE)
+    det2.load_state_dict(det.state_dict())
+    assert det2.nonfinite == 5

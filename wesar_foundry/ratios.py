@@ -48,7 +48,7 @@ def _f64_sum(x: torch.Tensor) -> torch.Tensor:
     return torch.sum(x, dtype=torch.float64)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_fp32(t: torch.Tensor) -> torch.Tensor:
     """The rank-local fp32 data of a parameter (a DTensor's local shard under FSDP2)."""
     t = t.detach()
     if hasattr(t, 'to_local'):
@@ -58,8 +58,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def pair_sums(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``[Σ (new − old)², Σ old²]`` in fp64 for local tensors of equal shape (any shard)."""
-    new = _local(new)
-    old = _local(old).to(new.device)  # an offloaded snapshot comes to the parameter, not back
+    new = local_fp32(new)
+    old = local_fp32(old).to(new.device)  # an offloaded snapshot comes to the parameter, not back
     d = new - old
     return torch.stack([_f64_sum(d * d), _f64_sum(old * old)])
 
@@ -69,10 +69,10 @@ def scaled_sums(old: torch.Tensor, new: torch.Tensor, gate_old: torch.Tensor, ga
 
     ``gate_old``/``gate_new`` are this rank's piece of the scalar gate: one element, or empty.
     """
-    new = _local(new)
-    old = _local(old).to(new.device)
+    new = local_fp32(new)
+    old = local_fp32(old).to(new.device)
     d = new - old
-    a_old, a_new = _local(gate_old).to(new.device), _local(gate_new)
+    a_old, a_new = local_fp32(gate_old).to(new.device), local_fp32(gate_new)
     return torch.stack([
         _f64_sum(d * d), _f64_sum(d * old), _f64_sum(old * old),
         _f64_sum(a_old).to(new.device), _f64_sum(a_new).to(new.device),
@@ -82,16 +82,16 @@ def scaled_sums(old: torch.Tensor, new: torch.Tensor, gate_old: torch.Tensor, ga
 
 def gained_sums(old: torch.Tensor, new: torch.Tensor, gain_old: torch.Tensor, gain_new: torch.Tensor) -> torch.Tensor:
     """``[Σ ΔW̄², Σ W̄_old²]`` in fp64 for ``W̄ = s ⊙ W``, s of shape (1,) or (rows, 1); whole matrices."""
-    new = _local(new)
-    old = _local(old).to(new.device)
+    new = local_fp32(new)
+    old = local_fp32(old).to(new.device)
     if old.dim() == 1:
         old, new = old.unsqueeze(0), new.unsqueeze(0)
     d = new - old
     rows_dd = torch.sum(d * d, dim=1, dtype=torch.float64)
     rows_dw = torch.sum(d * old, dim=1, dtype=torch.float64)
     rows_ww = torch.sum(old * old, dim=1, dtype=torch.float64)
-    b = _local(gain_old).to(old.device, torch.float64).reshape(-1)
-    a = _local(gain_new).to(old.device, torch.float64).reshape(-1)
+    b = local_fp32(gain_old).to(old.device, torch.float64).reshape(-1)
+    a = local_fp32(gain_new).to(old.device, torch.float64).reshape(-1)
     num = a * a * rows_dd + 2 * a * (a - b) * rows_dw + (a - b) ** 2 * rows_ww
     return torch.stack([num.sum(), (b * b * rows_ww).sum()])
 

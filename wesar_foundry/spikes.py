@@ -9,7 +9,12 @@ the trailing window,
 lasting several steps is measured against the regime before it. A *spike* is a run of
 consecutive flagged steps; the count increments on its first step. If a run of flagged steps
 reaches ``window`` steps, the loss has settled at a new level: the window is refilled with those
-losses and the spike ends. Non-finite losses are always flagged (after warm-up too).
+losses and the spike ends.
+
+**Non-finite losses** are flagged at every step, during warm-up and while the window is still
+filling too, and counted both as spikes (a run of them is one spike) and on their own
+(``nonfinite``): a run that diverges early must not pass for a clean one. They never enter the
+window.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class SpikeDetector:
     rule: SpikeRule = field(default_factory=SpikeRule)
     steps: int = 0
     count: int = 0
+    nonfinite: int = 0
     history: deque = field(default_factory=deque)
     run: list = field(default_factory=list)
 
@@ -76,15 +82,21 @@ class SpikeDetector:
         self.steps += 1
         r = self.rule
         nan = math.nan
+        if not math.isfinite(loss):
+            self.nonfinite += 1
+            new = not self.run
+            self.count += new
+            self.run.append(loss)
+            return Verdict(True, new, nan, nan, nan)
         if len(self.history) < r.window or self.steps <= r.warmup:
-            if math.isfinite(loss):
-                self._push(loss)
+            self.run = []
+            self._push(loss)
             return Verdict(False, False, nan, nan, nan)
         n = len(self.history)
         mean = sum(self.history) / n
         std = math.sqrt(sum((x - mean) ** 2 for x in self.history) / n)
         threshold = max(mean + r.k * std, mean + r.min_rise * abs(mean))
-        flagged = not math.isfinite(loss) or loss > threshold
+        flagged = loss > threshold
         new = flagged and not self.run
         if flagged:
             self.count += new
@@ -104,10 +116,12 @@ class SpikeDetector:
         self.history.append(loss)
 
     def state_dict(self) -> dict[str, Any]:
-        return {'steps': self.steps, 'count': self.count, 'history': list(self.history), 'run': list(self.run)}
+        return {'steps': self.steps, 'count': self.count, 'nonfinite': self.nonfinite, 'history': list(self.history),
+                'run': list(self.run)}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.steps, self.count, self.run = int(sd['steps']), int(sd['count']), list(sd['run'])
+        self.nonfinite = int(sd.get('nonfinite', 0))
         self.history = deque(sd['history'], maxlen=self.rule.window)
 
 

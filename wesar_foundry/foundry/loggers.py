@@ -39,7 +39,7 @@ def _jsonable(v: Any) -> Any:
 
 
 class JSONLLogger(LoggerDestination):
-    """Write every logged metric to ``path`` as JSON lines, flushed at each batch end.
+    """Write every logged metric to ``path`` as JSON lines, each flushed as it is written.
 
     Args:
         path: output file; ``{run_name}`` and ``{rank}`` are filled in. Default
@@ -116,7 +116,9 @@ class JSONLLogger(LoggerDestination):
         if self._file is None:
             self._pending.append(line)
         else:
+            # Flushed line by line: a run that dies (divergence stop, preemption) keeps its last steps.
             self._file.write(line)
+            self._file.flush()
 
     def log_hyperparameters(self, hyperparameters: dict[str, Any]) -> None:
         if not self._enabled:
@@ -130,16 +132,6 @@ class JSONLLogger(LoggerDestination):
         if not self._enabled or not metrics:
             return
         self._write({'step': step, **{k: _jsonable(v) for k, v in metrics.items()}})
-
-    def _flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def batch_end(self, state: State, logger: Logger) -> None:
-        self._flush()
-
-    def fit_end(self, state: State, logger: Logger) -> None:
-        self._flush()
 
     def close(self, state: State, logger: Logger) -> None:
         if self._file is not None:

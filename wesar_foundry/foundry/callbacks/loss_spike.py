@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
+from composer.utils import dist, ensure_tuple
 
 from wesar_foundry.foundry.callbacks.update_ratio import Measurement, UpdateRatioMonitor
+from wesar_foundry.divergence import all_finite
 from wesar_foundry.options import from_options
 from wesar_foundry.spikes import SpikeDetector, SpikeRule
 
@@ -20,10 +22,16 @@ log = logging.getLogger(__name__)
 
 ACTIONS = ('log', 'stop')
 RATIO_SOURCES = ('auto', 'monitor', 'none')
+NONFINITE_ACTIONS = ('stop', 'skip')
 
 
 class LossSpikeError(RuntimeError):
     """Raised by ``loss_spike_monitor`` with ``action: stop`` on the first step of a spike."""
+
+
+class NonFiniteLossError(LossSpikeError):
+    """Raised by ``loss_spike_monitor`` when a step's loss or gradient is not finite, before the
+    optimizer applies that step (``nonfinite: stop``, or too many consecutive skips)."""
 
 
 @dataclass
@@ -47,6 +55,13 @@ class LossSpikeConfig:
     step here, at the cost of the monitor at interval 1), 'monitor' (only from update_ratio_monitor), 'none'."""
     loss_key: str = 'loss/train/total'
     """The logged loss to watch (averaged over ranks by Composer, so every rank decides alike)."""
+    nonfinite: str = 'stop'
+    """A step whose loss or gradient is not finite: 'stop' (raise before the optimizer applies it, so no
+    checkpoint of diverged weights is ever written) or 'skip' (drop that step's update and go on)."""
+    max_skips: int = 3
+    """With nonfinite: skip, raise anyway after this many consecutive skipped steps."""
+    check_grads: bool = True
+    """Also check the gradients (one read of the local gradients per step), not only the loss."""
 
     def __post_init__(self) -> None:
         key = 'callbacks.loss_spike_monitor'
@@ -59,6 +74,12 @@ class LossSpikeConfig:
             raise ValueError(f'{key}.ratios={self.ratios!r}; allowed: {", ".join(RATIO_SOURCES)}')
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f'{key}.top_k={self.top_k!r} must be an integer >= 1')
+        if self.nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(f'{key}.nonfinite={self.nonfinite!r}; allowed: {", ".join(NONFINITE_ACTIONS)}')
+        if isinstance(self.max_skips, bool) or not isinstance(self.max_skips, int) or self.max_skips < 1:
+            raise ValueError(f'{key}.max_skips={self.max_skips!r} must be an integer >= 1')
+        if not isinstance(self.check_grads, bool):
+            raise ValueError(f'{key}.check_grads={self.check_grads!r} must be true or false')
 
     def rule(self) -> SpikeRule:
         return SpikeRule(window=self.window, k=self.k, warmup=self.warmup, min_rise=self.min_rise)
@@ -77,6 +98,18 @@ class LossSpikeMonitor(Callback):
 
     Steps are 1-based optimizer steps (``state.timestamp.batch`` at ``BATCH_END``), as in
     ``update_ratio_monitor``.
+
+    **Divergence.** After every backward (``AFTER_TRAIN_BATCH``: gradients ready, the optimizer not
+    yet stepped) every rank checks its loss and, with ``check_grads``, its gradients, and one
+    all-reduce makes the verdict common. A non-finite step is logged (``loss_spike/nonfinite``,
+    ``loss_spike/nonfinite_step``) and then, by ``nonfinite``: ``stop`` raises
+    ``NonFiniteLossError`` naming the step and the matrices with the largest update ratios just
+    before it, so the weights stay those of the last good step; ``skip`` drops every gradient so
+    the optimizer applies nothing (weights and optimizer state stay as they were), counts the step
+    (``loss_spike/skipped``) and goes on, until ``max_skips`` consecutive skips. In both modes no
+    checkpoint of non-finite weights is written: before each checkpoint the weights are checked
+    too, and a non-finite one stops the run before the checkpoint saver runs, so ``latest`` and
+    the kept checkpoints stay those of the last finite state.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -85,6 +118,8 @@ class LossSpikeMonitor(Callback):
         self.spikes: list[dict[str, Any]] = []
         self._monitor: UpdateRatioMonitor | None = None
         self._own_monitor = False
+        self.skipped = 0
+        self._consecutive_skips = 0
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if self.config.ratios == 'none':
@@ -104,6 +139,57 @@ class LossSpikeMonitor(Callback):
     def after_train_batch(self, state: State, logger: Logger) -> None:
         if self._own_monitor:
             self._monitor.after_train_batch(state, logger)
+        if _any_rank(state, not self._step_is_finite(state)):
+            self._on_nonfinite(state, logger)
+        else:
+            self._consecutive_skips = 0
+
+    def _step_is_finite(self, state: State) -> bool:
+        losses = state.loss.values() if isinstance(state.loss, dict) else ensure_tuple(state.loss)
+        if not all_finite(t for t in losses if isinstance(t, torch.Tensor)):
+            return False
+        return not self.config.check_grads or all_finite(p.grad for p in state.model.parameters())
+
+    def _on_nonfinite(self, state: State, logger: Logger) -> None:
+        step = int(state.timestamp.batch) + 1  # the optimizer step about to be taken
+        before, _ = self._tops(step - 1)  # the latest measurement before this step
+        skip = self.config.nonfinite == 'skip' and self._consecutive_skips < self.config.max_skips
+        if skip:
+            # No gradient, no update: the optimizer leaves these weights and their state alone.
+            for p in state.model.parameters():
+                p.grad = None
+            self.skipped += 1
+            self._consecutive_skips += 1
+        logger.log_metrics({'loss_spike/nonfinite': self.detector.nonfinite + 1, 'loss_spike/nonfinite_step': step,
+                            'loss_spike/skipped': self.skipped})
+        text = f'non-finite loss or gradient at step {step}'
+        if before:
+            text += ('; largest update ratios before it (step {}): '.format(before['step'])
+                     + ', '.join(f'{n} {r:.3g}' for n, r in before['top']))
+        if skip:
+            log.warning(f'{text}; skipped (update not applied, {self._consecutive_skips} in a row, '
+                        f'nonfinite: skip stops after {self.config.max_skips})')
+            return
+        if self.config.nonfinite == 'skip':
+            why, hint = f'{self.config.max_skips} consecutive steps were skipped', 'or raise loss_spike_monitor.max_skips'
+        else:
+            why, hint = 'nonfinite: stop', 'or set loss_spike_monitor.nonfinite: skip to drop such steps'
+        raise NonFiniteLossError(f'{text}. Training stopped before this update was applied ({why}): the weights and '
+                                 f'the last checkpoint are those of the last finite step. Lower the learning rate, {hint}')
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        self._refuse_nonfinite_weights(state)
+
+    def epoch_checkpoint(self, state: State, logger: Logger) -> None:
+        self._refuse_nonfinite_weights(state)
+
+    @torch.no_grad()
+    def _refuse_nonfinite_weights(self, state: State) -> None:
+        # Runs before Composer's checkpoint saver (always the last callback): a raise here means
+        # no checkpoint of these weights, no rotation of older ones, and `latest` left alone.
+        if _any_rank(state, not all_finite(state.model.parameters())):
+            raise NonFiniteLossError(f'non-finite weights at step {int(state.timestamp.batch)}: not saving a checkpoint '
+                                     'of them; the last saved checkpoint is the last finite one')
 
     def _loss(self, state: State) -> float:
         value = state.total_loss_dict.get(self.config.loss_key)
@@ -150,13 +236,23 @@ class LossSpikeMonitor(Callback):
     # already has, so the window and the records must not become keys of their own.
     def state_dict(self) -> dict[str, Any]:
         return {'state': json.dumps({'detector': self.detector.state_dict(), 'spikes': self.spikes,
-                                     'config': asdict(self.config)})}
+                                     'skipped': self.skipped, 'config': asdict(self.config)})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if 'state' in state:
             state = json.loads(state['state'])
         self.detector.load_state_dict(state['detector'])
         self.spikes = list(state['spikes'])
+        self.skipped = int(state.get('skipped', 0))
+
+
+def _any_rank(state: State, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any: ranks must decide alike or they hang."""
+    if dist.get_world_size() == 1:
+        return flag
+    t = state.device.tensor_to_device(torch.tensor([1.0 if flag else 0.0]))
+    dist.all_reduce(t, reduce_operation='MAX')
+    return bool(t.item() > 0)
 
 
 def describe(record: dict[str, Any]) -> str:
