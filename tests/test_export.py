@@ -259,8 +259,21 @@ def test_export_never_writes_over_its_own_source(checkpoints, tmp_path, capsys):
     assert source.exists() and sha(source) == sha(checkpoints['ours'])
 
 
-def test_export_of_a_directory_explains_that_sharded_checkpoints_are_not_read(tmp_path, capsys):
+def test_export_of_a_directory_that_holds_no_checkpoint_says_what_export_reads(tmp_path, capsys):
+    # Sharded checkpoints are folders: tests/test_export_sharded.py.
     (tmp_path / 'ba10').mkdir()
     assert cli(['export', str(tmp_path / 'ba10'), str(tmp_path / 'out')]) == 2
-    assert 'monolithic Composer checkpoint' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert re.search(r'neither a sharded Composer checkpoint \(no \.metadata in it\) nor a save folder.*'
+                     r'a sharded checkpoint folder.*or a monolithic Composer checkpoint file', err)
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_save_folder_of_monolithic_checkpoints_stands_for_its_latest_rank0_link(checkpoints, tmp_path):
+    folder = tmp_path / 'save_folder'
+    folder.mkdir()
+    (folder / 'ep0-ba4-rank0.pt').write_bytes(checkpoints['ours'].read_bytes())
+    (folder / 'latest-rank0.pt').symlink_to('ep0-ba4-rank0.pt')
+    assert cli(['export', str(folder), str(tmp_path / 'via-link')]) == 0
+    assert cli(['export', str(checkpoints['ours']), str(tmp_path / 'direct')]) == 0
+    assert sha(tmp_path / 'via-link' / 'model.safetensors') == sha(tmp_path / 'direct' / 'model.safetensors')

@@ -18,8 +18,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from wesar_foundry.export import export_checkpoint
-    out = export_checkpoint(args.checkpoint, args.out_dir, dtype=args.dtype, force=args.force)
+    from wesar_foundry.export import MAX_SHARD_SIZE, export_checkpoint
+    out = export_checkpoint(args.checkpoint, args.out_dir, dtype=args.dtype, force=args.force,
+                            max_shard_size=args.max_shard_size or MAX_SHARD_SIZE)
     print(f'wrote a stock Llama checkpoint (gates merged) to {out}')
     return 0
 
@@ -90,11 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--force', action='store_true', help='rebuild even if --out holds a prepared dataset')
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser('export', help='merge a saved Composer checkpoint into a stock Hugging Face Llama checkpoint')
-    p.add_argument('checkpoint', help='a monolithic Composer checkpoint (.pt) of a wesar_llama run (local or URI)')
+    p = sub.add_parser('export', help='merge a saved Composer checkpoint (sharded folder or .pt) into a stock '
+                                      'Hugging Face Llama checkpoint',
+                       description='Merge a saved Composer checkpoint of a wesar_llama run into a stock Hugging Face '
+                                   'LlamaForCausalLM checkpoint (+ tokenizer), on CPU in one process, no GPU needed. '
+                                   'Only the model weights and the HF config and tokenizer are loaded, never the '
+                                   'optimizer state.')
+    p.add_argument('checkpoint',
+                   help='a sharded checkpoint folder (<save_folder>/ep<E>-ba<B>, written by FSDP with '
+                        'state_dict_type: sharded), a save folder (exports the checkpoint its latest-sharded-rank0 or '
+                        'latest-rank0.pt link points to), or a '
+                        'monolithic Composer checkpoint file (.pt, local or URI)')
     p.add_argument('out_dir', help='output folder (written to a temporary folder, renamed at the end)')
     p.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'),
                    help='dtype of the saved weights (default: the training dtype: fp32, bf16 for amp_bf16)')
+    p.add_argument('--max-shard-size',
+                   help='largest safetensors file, e.g. 500MB or 5GB (default: 1GB, as llm-foundry\'s hf_checkpointer)')
     p.add_argument('--force', action='store_true', help='replace out_dir if it exists')
     p.set_defaults(func=_export)
 

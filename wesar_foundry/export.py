@@ -23,12 +23,42 @@ multiplies, plus three bias vectors. Per layer that is 16d² weights instead of 
 instead of 8d²): about +33% non-embedding weights, memory and matmul FLOPs per token (+50% in the
 MLP), for outputs identical to the two-matrix model's. SwiGLU models (``mlp_type: swiglu``) map one
 to one onto Llama's MLP and export at no extra cost.
+
+**Sharded checkpoints** (FSDP with ``state_dict_type: sharded``) are folders
+``{save_folder}/ep{E}-ba{B}/`` of ``torch.distributed.checkpoint`` files: ``.metadata`` (written last,
+so a folder without it is an interrupted save) and one ``__{r}_{i}.distcp`` per rank. The metadata
+lists every saved value by its dotted key (``state.model.model.<fqn>``, ``state.optimizers...``,
+``state.integrations.huggingface...``) with, for a tensor, its full shape and the chunks it was saved
+in: chunk c (offsets o_c and lengths n_c per dimension, stored in the file of the rank that owned
+it) holds the block W[o_c : o_c + n_c], and the chunks tile W. Consolidation writes every chunk
+into its block of a full-size tensor: byte copies, so the result is exact whatever the number of
+ranks. It runs in one CPU process with no process group: ``torch.distributed.checkpoint.load`` of
+a template holding an empty full-size tensor for every ``state.model.*`` key and a placeholder
+for the pickled HF metadata (``state.integrations.huggingface.*``: config and tokenizer files)
+and ``state.metadata.precision``. Only those keys are planned, so the optimizer state (twice the
+model for Adam), the RNG and the callbacks' state are never read.
+
+**Memory.** Let S be the model's fp32 size. Loading holds S (plus one saved chunk in flight). The
+merge then consumes the model one matrix at a time (``release``): W̄ = s ⊙ W is written over W
+(the same fp32 product, so no second matrix), cast once, and the module freed before the next one,
+so sources plus results stay within S, plus, for the GeLU MLP, the zero ``up_proj`` weights
+(4d² per layer: up to a third of the decoder's weights). A monolithic file is memory-mapped
+(copy-on-write, the file is never written): the optimizer's tensors are never read, and the merge
+turns the model's mapped pages into the results' in place. The merged tensors go to
+``save_pretrained`` as its ``state_dict`` and are held by nothing else; it writes
+``max_shard_size`` shards and drops each shard's tensors once written (the pinned safetensors 0.8
+writes straight from the tensors' memory; older versions copied each shard to bytes first, which
+the shard size bounds). ``bench/export_memory.py`` measures it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +76,9 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 DTYPE_ALIASES = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}
 # Composer's Precision values → the dtype the model computed in: the default export dtype.
 TRAINING_DTYPES = {'fp32': 'fp32', 'amp_bf16': 'bf16', 'amp_fp16': 'fp16', 'amp_fp8': 'bf16'}
+# What llm-foundry's hf_checkpointer writes too; bounds the files (and, with old safetensors, the
+# copy serialization made of each shard).
+MAX_SHARD_SIZE = '1GB'
 
 # WeSaRLlamaConfig's own keys, which a stock LlamaConfig must not carry.
 _WESAR_CONFIG_KEYS = ('mlp_type', 'reparam', 'init_target', 'sigma2', 'sigma_reparam_gamma_init')
@@ -64,6 +97,19 @@ def parse_dtype(name: str | torch.dtype, key: str = '--dtype') -> torch.dtype:
         raise ValueError(f'{key}={name!r} is not an export dtype; allowed: {", ".join(DTYPES)} '
                          f'(or {", ".join(DTYPE_ALIASES)})')
     return DTYPES[short]
+
+
+def parse_shard_size(size: int | str, key: str = '--max-shard-size') -> int:
+    """Bytes of a ``save_pretrained`` shard size: an int, or a number with KB/MB/GB/TB (powers of 1000, as
+    Hugging Face counts them), e.g. ``500MB``."""
+    value = size
+    if isinstance(size, str):
+        m = re.fullmatch(r'\s*(\d+(?:\.\d*)?)\s*([KMGT]B)?\s*', size, re.IGNORECASE)
+        unit = 1000 ** ('KMGT'.index(m[2][0].upper()) + 1) if m and m[2] else 1
+        value = int(float(m[1]) * unit) if m else None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'{key}={size!r} is not a file size; use a number of bytes or e.g. 500MB, 5GB')
+    return value
 
 
 def training_dtype(precision: Any) -> torch.dtype:
@@ -132,6 +178,62 @@ def llama_config(config: WeSaRLlamaConfig, dtype: torch.dtype = torch.float32, t
     return LlamaConfig(**fields)
 
 
+def _release(module: ReparamMatrix) -> None:
+    # New meta tensors replace the module's own: its storage is freed unless something else holds it
+    # (a tied head keeps the shared matrix alive; export skips it, see export_model).
+    module.to('meta')
+
+
+@torch.no_grad()
+def merged_tensors(model: WeSaRLlamaForCausalLM, dtype: torch.dtype = torch.float32, *, release: bool = False,
+                   skip: Sequence[str] = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """The stock Llama state dict of ``model`` as ``(key, tensor)`` pairs in ``dtype``, one module at a time.
+
+    Every W̄ is merged in fp32 from the fp32 masters and cast once to ``dtype``; the GeLU MLP is
+    written in gated form (module doc). With ``release`` the model is consumed: each fp32 matrix is
+    merged in its own storage and its module then freed (moved to meta), so a caller that keeps the
+    results holds no more than the model (plus the GeLU form's zero weights and, for another
+    dtype, one cast matrix in flight); ``model`` is unusable afterwards. ``skip``: matrices
+    (qualified names, e.g. ``lm_head``) to leave out. σReparam uses the stored singular vectors:
+    this runs under no_grad, so no power-iteration step is taken.
+    """
+    check_tied_gains(model)
+    gelu = model.config.mlp_type == 'gelu'
+    reparams = model.reparam_modules()
+    owned = {f'{name}.{k}' for name, m in reparams.items() for k in m.state_dict()}
+    # Everything that is not a reparameterized matrix (the RMSNorm gains) is copied as it is.
+    rest = {k: v for k, v in model.state_dict().items() if k not in owned}
+    # A matrix stored once for two modules (a tied embedding and head) is not overwritten.
+    holders = Counter(m.weight.data_ptr() for name, m in reparams.items() if name not in skip)
+    for name, module in reparams.items():
+        if name in skip:
+            continue
+        if release and module.weight.dtype == torch.float32 and holders[module.weight.data_ptr()] == 1:
+            # W̄ = s ⊙ W written over W (the gain first: it may depend on W): merged_weight's own
+            # fp32 product, without a second matrix in memory.
+            w = module.weight.detach().mul_(module.gain().float())
+        else:
+            w = module.merged_weight()
+        w = w.to(dtype)  # the single cast (a no-op for fp32)
+        if release:
+            _release(module)
+        if gelu and name.endswith('.mlp.up_proj'):
+            # Our up projection becomes Llama's gate_proj (the one the activation is applied to);
+            # Llama's up_proj becomes the constant 1: zero weight, bias 1.
+            prefix = name[: -len('up_proj')]
+            yield prefix + 'gate_proj.weight', w
+            yield prefix + 'gate_proj.bias', w.new_zeros(w.shape[0])
+            yield prefix + 'up_proj.weight', torch.zeros_like(w)
+            yield prefix + 'up_proj.bias', w.new_ones(w.shape[0])
+        elif gelu and name.endswith('.mlp.down_proj'):
+            yield name + '.weight', w
+            yield name + '.bias', w.new_zeros(w.shape[0])
+        else:
+            yield name + '.weight', w
+    for key, value in rest.items():
+        yield key, value.detach().to(dtype, copy=True)
+
+
 @torch.no_grad()
 def merged_state_dict(model: WeSaRLlamaForCausalLM) -> dict[str, torch.Tensor]:
     """The stock Llama state dict of ``model``, in fp32: every W̄ merged, GeLU MLP in gated form.
@@ -139,49 +241,37 @@ def merged_state_dict(model: WeSaRLlamaForCausalLM) -> dict[str, torch.Tensor]:
     Call it on a model whose weights are loaded (not on meta). σReparam uses the stored singular
     vectors: ``merged_weight`` runs under no_grad, so no power-iteration step is taken.
     """
-    check_tied_gains(model)
-    gelu = model.config.mlp_type == 'gelu'
-    reparams = model.reparam_modules()
-    owned = {f'{name}.{k}' for name, m in reparams.items() for k in m.state_dict()}
-    out: dict[str, torch.Tensor] = {}
-    for name, module in reparams.items():
-        w = module.merged_weight()
-        if gelu and name.endswith('.mlp.up_proj'):
-            # Our up projection becomes Llama's gate_proj (the one the activation is applied to);
-            # Llama's up_proj becomes the constant 1: zero weight, bias 1.
-            prefix = name[: -len('up_proj')]
-            out[prefix + 'gate_proj.weight'] = w
-            out[prefix + 'gate_proj.bias'] = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
-            out[prefix + 'up_proj.weight'] = torch.zeros_like(w)
-            out[prefix + 'up_proj.bias'] = torch.ones(w.shape[0], dtype=torch.float32, device=w.device)
-        elif gelu and name.endswith('.mlp.down_proj'):
-            out[name + '.weight'] = w
-            out[name + '.bias'] = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
-        else:
-            out[name + '.weight'] = w
-    # Everything that is not a reparameterized matrix (the RMSNorm gains) is copied as it is.
-    for key, value in model.state_dict().items():
-        if key not in owned:
-            out[key] = value.detach().float().clone()
-    return out
+    return dict(merged_tensors(model, torch.float32))
+
+
+def _check_wesar(model: Any) -> None:
+    if not isinstance(model, WeSaRLlamaForCausalLM):
+        raise ValueError(f'expected a WeSaRLlamaForCausalLM, got {type(model).__name__}')
+
+
+def _empty_llama(config: LlamaConfig) -> LlamaForCausalLM:
+    with init_empty_weights():  # parameters on meta: the merged tensors are assigned or saved as they are
+        return LlamaForCausalLM(config)
+
+
+def _check_keys(llama: LlamaForCausalLM, state: dict[str, torch.Tensor], skip: Sequence[str] = ()) -> None:
+    expected = {k for k in llama.state_dict() if k.rsplit('.', 1)[0] not in skip}
+    if set(state) != expected:
+        raise RuntimeError(f'merged state dict does not match LlamaForCausalLM: missing {sorted(expected - set(state))}, '
+                           f'unexpected {sorted(set(state) - expected)}')
 
 
 @torch.no_grad()
 def to_llama(model: WeSaRLlamaForCausalLM, dtype: torch.dtype = torch.float32, tokenizer=None) -> LlamaForCausalLM:
     """A stock ``LlamaForCausalLM`` in ``dtype`` computing what ``model`` computes in eval mode."""
     dtype = parse_dtype(dtype)
-    if not isinstance(model, WeSaRLlamaForCausalLM):
-        raise ValueError(f'expected a WeSaRLlamaForCausalLM, got {type(model).__name__}')
-    state = merged_state_dict(model)  # fp32
+    _check_wesar(model)
     config = llama_config(model.config, dtype, tokenizer)
-    with init_empty_weights():
-        llama = LlamaForCausalLM(config)
-    expected = set(llama.state_dict())
-    if set(state) != expected:
-        raise RuntimeError(f'merged state dict does not match LlamaForCausalLM: missing {sorted(expected - set(state))}, '
-                           f'unexpected {sorted(set(state) - expected)}')
-    # The single cast of the merged fp32 weights.
-    llama.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    llama = _empty_llama(config)
+    # Cast tensor by tensor: no fp32 copy of the whole merged model.
+    state = dict(merged_tensors(model, dtype))
+    _check_keys(llama, state)
+    llama.load_state_dict(state, assign=True)
     if config.tie_word_embeddings:
         llama.tie_weights()
     return llama.eval()
@@ -204,15 +294,17 @@ def check_output_dir(out_dir: str | os.PathLike, force: bool = False, protect: t
 
 
 def save_llama(llama: LlamaForCausalLM, out_dir: str | os.PathLike, tokenizer=None, force: bool = False,
-               protect: tuple = ()) -> Path:
+               protect: tuple = (), state_dict: dict[str, torch.Tensor] | None = None,
+               max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
     """Write ``llama`` (+ tokenizer) to ``out_dir`` via a temporary sibling renamed at the end.
 
-    Nothing appears at ``out_dir`` unless the whole checkpoint was written; with ``force`` an
-    existing ``out_dir`` is replaced only then.
+    ``state_dict``: the weights to write instead of ``llama``'s own (``llama`` may then be on
+    meta); ``save_pretrained`` empties it shard by shard. Nothing appears at ``out_dir`` unless the
+    whole checkpoint was written; with ``force`` an existing ``out_dir`` is replaced only then.
     """
     out = check_output_dir(out_dir, force, protect)
     with staged_dir(out) as staging:
-        llama.save_pretrained(staging, safe_serialization=True)
+        llama.save_pretrained(staging, state_dict=state_dict, safe_serialization=True, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         check_output_dir(out, force, protect)  # created meanwhile by someone else?
@@ -220,35 +312,169 @@ def save_llama(llama: LlamaForCausalLM, out_dir: str | os.PathLike, tokenizer=No
 
 
 def export_model(model: WeSaRLlamaForCausalLM, out_dir: str | os.PathLike, tokenizer=None,
-                 dtype: str | torch.dtype = 'fp32', force: bool = False, protect: tuple = ()) -> Path:
-    """Merge ``model`` and write a stock Llama checkpoint (+ tokenizer) to ``out_dir``."""
+                 dtype: str | torch.dtype = 'fp32', force: bool = False, protect: tuple = (), *,
+                 release: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
+    """Merge ``model`` and write a stock Llama checkpoint (+ tokenizer) to ``out_dir``.
+
+    The merged tensors are handed to ``save_pretrained`` directly, with no Llama module holding
+    them. ``release``: free each of ``model``'s matrices once merged (``model`` is unusable
+    afterwards), so that the export needs about the model's size, not twice it (module doc).
+    """
     dtype = parse_dtype(dtype)
+    max_shard_size = parse_shard_size(max_shard_size)
     check_output_dir(out_dir, force, protect)  # fail before any work
-    return save_llama(to_llama(model, dtype, tokenizer), out_dir, tokenizer, force, protect)
+    _check_wesar(model)
+    config = llama_config(model.config, dtype, tokenizer)
+    # save_pretrained records the dtype of the model's parameters in config.json: meta, in `dtype`.
+    llama = _empty_llama(config).to(dtype)
+    # A tied Llama stores one matrix, the embedding (check_tied_gains: the head's W̄ equals it).
+    skip = ('lm_head',) if config.tie_word_embeddings else ()
+    state = dict(merged_tensors(model, dtype, release=release, skip=skip))
+    _check_keys(llama, state, skip)
+    return save_llama(llama, out_dir, tokenizer, force, protect, state_dict=state, max_shard_size=max_shard_size)
 
 
 # ----------------------------------------------------------------------------------------------
 # From a saved Composer checkpoint (no training data needed)
 # ----------------------------------------------------------------------------------------------
 
-def _load_composer_state(path: Path) -> dict:
-    """The ``state`` of a monolithic Composer checkpoint, or a ValueError saying what is wrong."""
-    if path.is_dir():
-        raise ValueError(
-            f'{path} is a directory (a sharded checkpoint?); export reads a monolithic Composer checkpoint '
-            'file (.pt): save with fsdp_config.state_dict_type: full, or export during training with the '
-            'wesar_hf_checkpointer callback')
-    if not path.is_file():
+# Composer's links to the newest checkpoint in a save folder (rank 0's): sharded, monolithic.
+LATEST_SHARDED = 'latest-sharded-rank0'
+LATEST_MONOLITHIC = 'latest-rank0.pt'
+# What export reads of a sharded checkpoint. Never the optimizer (state.optimizers.*), the RNG or
+# the callbacks' state.
+SHARDED_KEYS = ('state.model.', 'state.integrations.huggingface.', 'state.metadata.precision')
+
+
+def _sharded_checkpoints(folder: Path) -> list[Path]:
+    """The complete sharded checkpoints (folders holding a ``.metadata``) in ``folder``, oldest first."""
+    def step(p: Path) -> tuple:
+        m = re.fullmatch(r'ep(\d+)-ba(\d+)', p.name)
+        return (0, int(m[1]), int(m[2])) if m else (1, 0, 0, p.name)
+    return sorted((p for p in folder.iterdir() if p.is_dir() and (p / '.metadata').is_file()), key=step)
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    """The monolithic file or sharded checkpoint folder that ``path`` names.
+
+    A save folder stands for the checkpoint its ``latest-sharded-rank0`` link (else its
+    ``latest-rank0.pt`` link) points to. A folder without ``.metadata`` is refused:
+    torch.distributed.checkpoint writes it last, after every rank's shard file, so without it the
+    save did not finish.
+    """
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
+    if not path.is_dir():
+        return path
+    if (path / '.metadata').is_file():
+        return path
+    link = path / LATEST_SHARDED
+    if link.is_symlink() or link.exists():
+        target = link.resolve()
+        if not target.is_dir():
+            raise ValueError(f'{link} points to {target}, which does not exist (deleted, or the save folder was '
+                             f'moved without it); pass one of its checkpoint folders instead'
+                             f'{_listing(_sharded_checkpoints(path))}')
+        if not (target / '.metadata').is_file():
+            raise ValueError(_incomplete(target))
+        return target
+    if (path / LATEST_MONOLITHIC).is_file():
+        return (path / LATEST_MONOLITHIC).resolve()
+    if any(path.glob('*.distcp')) or (path / '.metadata.tmp').exists():
+        raise ValueError(_incomplete(path))
+    raise ValueError(
+        f'{path} is a directory but neither a sharded Composer checkpoint (no .metadata in it) nor a save folder '
+        f'with a {LATEST_SHARDED} or {LATEST_MONOLITHIC} link; export reads a sharded checkpoint folder '
+        f'(<save_folder>/ep<E>-ba<B>), a save folder, or a monolithic Composer checkpoint file (.pt)'
+        f'{_listing(_sharded_checkpoints(path))}')
+
+
+def _listing(folders: list[Path]) -> str:
+    return f' (complete checkpoints here: {", ".join(p.name for p in folders)})' if folders else ''
+
+
+def _incomplete(folder: Path) -> str:
+    return (f'{folder} is an incomplete sharded checkpoint: it has no .metadata, which torch.distributed.checkpoint '
+            'writes last, after every rank\'s shard, so the save was interrupted (or is still running); export an '
+            f'earlier checkpoint{_listing(_sharded_checkpoints(folder.parent))}')
+
+
+def _set_path(root: dict, path: Sequence, value: Any) -> None:
+    """``root[p0][p1]... = value``, creating dicts for str keys and lists for int keys on the way."""
+    node: Any = root
+    for key, child in zip(path[:-1], path[1:]):
+        if isinstance(node, list):
+            node.extend([None] * (key + 1 - len(node)))
+            missing = node[key] is None
+        else:
+            missing = key not in node
+        if missing:
+            node[key] = [] if isinstance(child, int) else {}
+        node = node[key]
+    if isinstance(node, list):
+        node.extend([None] * (path[-1] + 1 - len(node)))
+    node[path[-1]] = value
+
+
+def _load_sharded_state(folder: Path) -> dict:
+    """The ``state`` of a sharded Composer checkpoint: model weights (consolidated, fp32 as saved) and
+    the HF metadata only; the same nesting a monolithic checkpoint has.
+
+    Public API only: ``dcp.load`` of a template built from the metadata, rather than the private
+    ``state_dict_loader._load_state_dict_from_keys``, which rebuilds the same template from a key
+    filter but is not a stable interface.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(folder)
     try:
-        # Composer's own loader (torch.load, weights_only=False): checkpoints hold Composer objects.
-        from composer.utils.checkpoint import safe_torch_load
-        ckpt = safe_torch_load(str(path))
+        metadata = reader.read_metadata()
+    except Exception as e:
+        raise ValueError(f'{folder}/.metadata cannot be read as torch.distributed.checkpoint metadata (truncated or '
+                         f'corrupt?): {type(e).__name__}: {e}') from e
+    wanted = {k: md for k, md in metadata.state_dict_metadata.items() if k.startswith(SHARDED_KEYS)}
+    # Flat, with the saved keys: the default planner's flattening leaves them as they are, so exactly
+    # these keys are planned. Pickled values (config, tokenizer files) replace their placeholder.
+    template = {k: torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else None
+                for k, md in wanted.items()}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*assuming the intent is to load in a single process')
+            dcp.load(template, storage_reader=reader)
+    except (Exception, CheckpointException) as e:  # the latter is a BaseException
+        raise ValueError(f'{folder}: the model weights cannot be read (missing, truncated or corrupt .distcp file?): '
+                         f'{type(e).__name__}: {e}') from e
+    # Rebuild the nesting with the saver's own key paths (a key such as
+    # ...tokenizer.tokenizer.json.content... holds dots that are not levels).
+    paths = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
+    root: dict = {}
+    for key in list(template):
+        _set_path(root, paths.get(key) or key.split('.'), template.pop(key))
+    state = root.get('state', {})
+    # torch.distributed.checkpoint saves no empty dict: a model saved without a tokenizer has none.
+    state.get('integrations', {}).get('huggingface', {}).setdefault('tokenizer', {})
+    return state
+
+
+def _load_monolithic_state(path: Path) -> dict | None:
+    """The ``state`` of a monolithic Composer checkpoint file (None if it holds none)."""
+    try:
+        # weights_only=False: checkpoints hold Composer objects (trusted files only). mmap: tensors
+        # stay in the file until touched, so the optimizer's are never read into memory.
+        ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
     except Exception as e:  # truncated zip, not a pickle, ...
         raise ValueError(f'{path} cannot be read as a Composer checkpoint (truncated or corrupt?): '
                          f'{type(e).__name__}: {e}') from e
-    state = ckpt.get('state') if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not isinstance(state.get('model'), dict):
+    return ckpt.get('state') if isinstance(ckpt, dict) else None
+
+
+def _load_composer_state(path: Path) -> dict:
+    """The ``state`` of a Composer checkpoint (a monolithic file or a sharded folder), or a ValueError
+    saying what is wrong."""
+    state = _load_sharded_state(path) if path.is_dir() else _load_monolithic_state(path)
+    if not isinstance(state, dict) or not isinstance(state.get('model'), dict) or not state['model']:
         raise ValueError(f'{path} is not a Composer checkpoint: no state.model in it')
     hf = (state.get('integrations') or {}).get('huggingface')
     if not isinstance(hf, dict) or 'model' not in hf:
@@ -286,14 +512,19 @@ def _load_weights(config: WeSaRLlamaConfig, model_state: dict[str, Any], path: P
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | torch.dtype | None = None,
-                      force: bool = False) -> Path:
+                      force: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
     """``wesar-foundry export``: a saved Composer checkpoint → a stock Llama checkpoint + tokenizer.
 
-    ``dtype`` defaults to the training dtype recorded in the checkpoint (fp32; bf16/fp16 for
-    ``amp_*`` runs). The checkpoint is only read; the output appears only when complete.
-    ``checkpoint`` may be a local file or a URI Composer can download (s3://, oci://, ...).
+    ``checkpoint`` is a sharded checkpoint folder (``<save_folder>/ep<E>-ba<B>``, FSDP's
+    ``state_dict_type: sharded``), a save folder (its ``latest-sharded-rank0`` checkpoint, else its
+    ``latest-rank0.pt``), or a
+    monolithic Composer checkpoint file, local or a URI Composer can download (s3://, oci://, ...;
+    files only). ``dtype`` defaults to the training dtype recorded in the checkpoint (fp32;
+    bf16/fp16 for ``amp_*`` runs). Only the model weights and the HF config and tokenizer are read,
+    in one CPU process; the checkpoint is not modified; the output appears only when complete.
     """
     dtype = parse_dtype(dtype) if dtype is not None else None
+    parse_shard_size(max_shard_size)
     src = str(checkpoint)
     remote = '://' in src
     protect = () if remote else (src,)
@@ -304,14 +535,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             local = Path(work) / 'checkpoint.pt'
             get_file(src, str(local))
         else:
-            local = Path(src).expanduser()
+            local = _resolve_checkpoint(Path(src).expanduser())
+            protect += (str(local),)
+            check_output_dir(out_dir, force, protect)
         state = _load_composer_state(local)
         config = _wesar_config(state, local)
-        model = _load_weights(config, state['model'], local)
+        # Popped: once loaded into the model, the weights must have no other holder for the merge
+        # to free them.
+        model = _load_weights(config, state.pop('model'), local)
         if dtype is None:
             dtype = training_dtype((state.get('metadata') or {}).get('precision', 'fp32'))
         from composer.models import HuggingFaceModel
         tokenizer = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(
             state['integrations']['huggingface'], tokenizer_save_dir=str(Path(work) / 'tokenizer'))
         del state
-        return export_model(model, out_dir, tokenizer=tokenizer, dtype=dtype, force=force, protect=protect)
+        return export_model(model, out_dir, tokenizer=tokenizer, dtype=dtype, force=force, protect=protect,
+                            release=True, max_shard_size=max_shard_size)
