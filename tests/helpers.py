@@ -14,6 +14,16 @@ def build_model(**model_kwargs):
     return WeSaRComposerModel(**{'init_device': 'cpu', **TINY_MODEL, **model_kwargs})
 
 
+def build_tied_model(**model_kwargs):
+    """A model with its embedding and LM head tied by hand (the YAML key refuses it), for the
+    export's own guard against tied matrices it cannot express."""
+    model = build_model(**model_kwargs)
+    hf = model.model
+    hf.config.tie_word_embeddings = True
+    hf.lm_head.weight = hf.model.embed_tokens.weight
+    return model
+
+
 def batch(vocab: int = TINY_MODEL['vocab_size'], bs: int = 2, seq: int = 16, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (bs, seq), generator=g)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import pytest
 
 from wesar_foundry.cli import main
 from wesar_foundry.demo import DemoConfig, run_demo
@@ -31,4 +33,13 @@ def test_demo_trains_both_methods_and_writes_the_report(tiny_data, tmp_path, cap
 def test_demo_refuses_unknown_methods_before_building_anything(tmp_path, capsys):
     assert main(['demo', '--out', str(tmp_path / 'r'), '--data', str(tmp_path / 'd'), '--methods', 'wesar,adam']) == 2
     assert 'allowed: small, he, weight_norm, sigma_reparam, residual_scaling, wesar' in capsys.readouterr().err
+    assert not (tmp_path / 'd').exists() and not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('args, message', [(['--steps', '0'], 'demo --steps must be >= 1'),
+                                           (['--lr', '0'], r'demo --lr/--lrs \[0.0\]: each learning rate must be a number in \(0, 1\)'),
+                                           (['--lrs', '1e-3,0'], r'demo --lr/--lrs \[0.001, 0.0\]')])
+def test_demo_refuses_zero_steps_or_learning_rates_instead_of_using_defaults(tmp_path, capsys, args, message):
+    assert main(['demo', '--out', str(tmp_path / 'r'), '--data', str(tmp_path / 'd'), *args]) == 2
+    assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / 'd').exists() and not (tmp_path / 'r').exists()

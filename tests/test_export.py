@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import TINY_MODEL, batch, build_model
+from tests.helpers import TINY_MODEL, batch, build_model, build_tied_model
 from tests.stock_llama import load_with_stock_transformers
 from wesar_foundry.cli import main as cli
 from wesar_foundry.export import export_model, merged_state_dict
@@ -73,7 +73,7 @@ def exported(tmp_path_factory):
         dirs[name] = export_model(model, root / name, dtype='fp32')
     # A tied model whose embedding and head use the same effective weight exports tied.
     torch.manual_seed(0)
-    tied = build_model(reparam='none', tie_word_embeddings=True).model.eval()
+    tied = build_tied_model(reparam='none').model.eval()
     tied.model.embed_tokens.scale = 1.0  # same gain as the head: one shared matrix is exact
     with torch.no_grad():
         ours['tied'] = tied(input_ids=INPUT_IDS).logits
@@ -160,7 +160,7 @@ def test_bf16_export_is_one_cast_of_the_fp32_merge(tmp_path):
 def test_tied_embedding_with_different_gains_is_refused_with_an_explanation(tmp_path):
     # reparam none: the embedding output is scaled by 1/σ_e (√d = 5.65685 for He at d=32), the head
     # is not; they share one matrix.
-    model = build_model(reparam='none', tie_word_embeddings=True).model.eval()
+    model = build_tied_model(reparam='none').model.eval()
     with pytest.raises(ValueError, match=r'tie_word_embeddings=True.*gains differ.*embedding gain 5\.65685.*head gain 1'):
         export_model(model, tmp_path / 'out')
     assert listing(tmp_path) == []
@@ -202,7 +202,7 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp('ckpts')
     torch.manual_seed(0)
     ours = save_composer_checkpoint(build_model(), root / 'ours.pt')
-    tied = save_composer_checkpoint(build_model(reparam='none', tie_word_embeddings=True), root / 'tied.pt')
+    tied = save_composer_checkpoint(build_tied_model(reparam='none'), root / 'tied.pt')
     from composer.models import HuggingFaceModel
     from transformers import LlamaConfig, LlamaForCausalLM
     stock = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -22,7 +22,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
-from tests.helpers import batch, build_model
+from tests.helpers import batch, build_model, build_tied_model
 from tests.stock_llama import load_with_stock_transformers
 from wesar_foundry.cli import main as cli
 from wesar_foundry.export import merged_state_dict, merged_tensors
@@ -256,9 +256,9 @@ def live_bytes(*tensors: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def trained_model(reparam: str = 'wesar', mlp: str = 'gelu', **kwargs):
+def trained_model(reparam: str = 'wesar', mlp: str = 'gelu', tied: bool = False):
     torch.manual_seed(0)
-    composer_model = build_model(reparam=reparam, mlp_type=mlp, **kwargs)
+    composer_model = (build_tied_model if tied else build_model)(reparam=reparam, mlp_type=mlp)
     optimizer = torch.optim.Adam(composer_model.parameters(), lr=1e-2)
     for step in range(2):  # gates away from their init
         b = batch(seed=step)
@@ -302,7 +302,7 @@ def test_the_consuming_merge_gives_the_same_bits_as_merged_state_dict(reparam, d
 
 def test_a_tied_matrix_is_not_overwritten_while_its_second_module_still_needs_it():
     def tied_model():
-        model = trained_model('none', tie_word_embeddings=True)
+        model = trained_model('none', tied=True)
         # Equal gains (one matrix serves both), and not 1: merging the embedding over the shared
         # matrix would change what the head merges.
         model.model.embed_tokens.scale = model.lm_head.scale = 2.0

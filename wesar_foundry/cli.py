@@ -63,8 +63,9 @@ def _demo(args: argparse.Namespace) -> int:
         out=args.out, data=args.data, sources=args.source or defaults.sources,
         methods=args.methods.split(',') if args.methods else defaults.methods,
         seeds=[int(s) for s in args.seeds.split(',')] if args.seeds else defaults.seeds,
-        lrs=_floats(args.lrs) if args.lrs else ([args.lr] if args.lr else defaults.lrs),
-        steps=args.steps or defaults.steps,
+        # `is not None`, not truthiness: --steps 0 / --lr 0 are refused by DemoConfig, not replaced.
+        lrs=_floats(args.lrs) if args.lrs is not None else ([args.lr] if args.lr is not None else defaults.lrs),
+        steps=args.steps if args.steps is not None else defaults.steps,
     )
     run_demo(cfg)
     return 0

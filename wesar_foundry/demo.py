@@ -66,7 +66,7 @@ class DemoConfig:
         if bad or not self.methods:
             raise ValueError(f'demo --methods {",".join(bad) or "(empty)"}: allowed: {", ".join(METHODS)}')
         if not self.lrs or any(not (isinstance(lr, float) and 0 < lr < 1) for lr in self.lrs):
-            raise ValueError(f'demo --lrs {self.lrs}: each learning rate must be a number in (0, 1)')
+            raise ValueError(f'demo --lr/--lrs {self.lrs}: each learning rate must be a number in (0, 1)')
         for key in ('steps', 'd_model', 'n_layers', 'n_heads', 'seq_len', 'batch_size', 'ratio_interval'):
             if getattr(self, key) < 1:
                 raise ValueError(f'demo --{key.replace("_", "-")} must be >= 1')

@@ -16,7 +16,7 @@ from tests.helpers import build_model
     ({'init_config': {'name': 'wesar_', 'sigma2': 0.0}}, r'init_config.sigma2=0.0 must be a finite number > 0'),
     ({'init_config': {'name': 'wesar_', 'sigma2': -4e-5}}, r'init_config.sigma2'),
     ({'init_config': {'name': 'wesar_', 'sigma': 4e-5}}, r'unknown model.init_config key\(s\) sigma; allowed keys: name, target, sigma2'),
-    ({'tie_word_embeddings': True}, r"tie_word_embeddings=True is not allowed with model.reparam='wesar'"),
+    ({'tie_word_embeddings': True}, r"tie_word_embeddings=True is not allowed \(model.reparam='wesar'\)"),
     ({'d_modle': 64}, r'model \(wesar_llama\): unknown option\(s\) d_modle; allowed: d_model'),
     ({'n_heads': 3}, r'divisible by model.n_heads=3'),
     ({'init_device': 'cuda'}, r"init_device='cuda'; allowed: cpu, meta, mixed"),
@@ -33,9 +33,10 @@ def test_vocab_smaller_than_the_tokenizer_is_refused(tiny_data):
         WeSaRComposerModel(tokenizer=tok, d_model=32, n_layers=1, n_heads=2, vocab_size=100)
 
 
-def test_tied_embeddings_work_without_gates():
-    model = build_model(reparam='none', tie_word_embeddings=True)
-    assert model.model.lm_head.weight is model.model.model.embed_tokens.weight
+@pytest.mark.parametrize('reparam', ['none', 'wesar'])
+def test_tied_embeddings_are_refused_because_no_tied_export_exists(reparam):
+    with pytest.raises(ValueError, match=r'tie_word_embeddings=True is not allowed .*could never be exported'):
+        build_model(reparam=reparam, tie_word_embeddings=True)
 
 
 def test_train_metrics_can_be_switched_off_but_eval_metrics_stay():

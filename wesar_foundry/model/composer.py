@@ -33,14 +33,22 @@ def lm_losses(logits: torch.Tensor, labels: torch.Tensor, z_loss: float) -> dict
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
+    if not keep.any():
+        # A microbatch with no target (all padding): a zero loss on the graph, not the NaN of a mean
+        # over nothing; Composer weighs it by its zero loss-generating tokens anyway.
+        zero = logits.sum() * 0.0
+        return {'total': zero, 'ce': zero, 'z_loss': zero}
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-    z = torch.logsumexp(logits, dim=-1)[keep].pow(2).mean() if keep.any() else logits.sum() * 0.0
+    z = torch.logsumexp(logits, dim=-1)[keep].pow(2).mean()
     return {'total': ce + z_loss * z, 'ce': ce, 'z_loss': z}
 
 
 class WeSaRComposerModel(HuggingFaceModel):
     """A Composer model around ``WeSaRLlamaForCausalLM``; every ``model:`` YAML key but
     ``name``/``init_device`` is a ``WeSaRModelConfig`` field."""
+
+    # The keys of ``loss()``: Composer logs each as ``loss/train/<key>``.
+    loss_names = ('total', 'ce', 'z_loss')
 
     def __init__(self, tokenizer=None, init_device: str = 'cpu', **model_kwargs: Any):
         cfg = WeSaRModelConfig.from_kwargs(model_kwargs)

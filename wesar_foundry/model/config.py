@@ -54,7 +54,7 @@ class WeSaRModelConfig:
     z_loss: float = 1e-4
     """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
     tie_word_embeddings: bool = False
-    """Share embedding and LM head (only without gates: their gates would differ by ~45×)."""
+    """Must stay false: the embedding's output scale and the head's differ, so no tied export exists."""
     sigma_reparam_gamma_init: str = 'one'
     """σReparam's γ at init: 'one' (the paper) or 'spectral' (σ_max(W), the authors' code)."""
     attn_implementation: str = 'sdpa'
@@ -117,11 +117,12 @@ class WeSaRModelConfig:
             raise ValueError(f'model.init_config.target={self.init_config["target"]!r} contradicts init_config.name={self.init_name!r}')
         check_target(self.init_target, 'model.init_config.target')
         check_sigma(self.init_config.get('sigma2', 4e-5), 'model.init_config.sigma2')
-        if self.tie_word_embeddings and self.reparam != 'none':
+        if self.tie_word_embeddings:
             raise ValueError(
-                f'model.tie_word_embeddings=True is not allowed with model.reparam={self.reparam!r}: the embedding '
-                'and the LM head need different gains (the embedding output is scaled to std 1, the head to '
-                'the target std), and one shared matrix cannot carry both; use reparam: none or untied embeddings')
+                f'model.tie_word_embeddings=True is not allowed (model.reparam={self.reparam!r}): the embedding output '
+                'is scaled to std 1 ("Spike No More": a gate, or a constant without gates) and the LM head is not, so '
+                'one shared matrix would need two different gains, and no stock tied Llama computes that: such a model '
+                'could never be exported. Keep it false (the paper\'s untied embedding and head)')
 
     def to_hf_config(self) -> 'WeSaRLlamaConfig':
         return WeSaRLlamaConfig(

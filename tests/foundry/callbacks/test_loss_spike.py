@@ -85,3 +85,9 @@ def test_state_survives_checkpoint_and_resume(train_cfg, tmp_path):
 def test_bad_options_fail_at_construction_naming_the_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LossSpikeMonitor(**kwargs)
+
+
+def test_a_loss_key_the_model_never_logs_is_refused_before_training(train_cfg):
+    with pytest.raises(ValueError, match=r"loss_key='loss/train/totl' is never logged by this model; allowed: "
+                                         r'loss/train/total, loss/train/ce, loss/train/z_loss'):
+        train(train_cfg("callbacks={loss_spike_monitor: {loss_key: 'loss/train/totl'}}", 'max_duration=2ba'))

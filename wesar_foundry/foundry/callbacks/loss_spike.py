@@ -122,6 +122,7 @@ class LossSpikeMonitor(Callback):
         self._consecutive_skips = 0
 
     def fit_start(self, state: State, logger: Logger) -> None:
+        self._check_loss_key(state)
         if self.config.ratios == 'none':
             return
         found = [cb for cb in state.callbacks if isinstance(cb, UpdateRatioMonitor)]
@@ -191,13 +192,23 @@ class LossSpikeMonitor(Callback):
             raise NonFiniteLossError(f'non-finite weights at step {int(state.timestamp.batch)}: not saving a checkpoint '
                                      'of them; the last saved checkpoint is the last finite one')
 
+    def _check_loss_key(self, state: State) -> None:
+        """Before any compute, for models that declare their losses (``loss_names``, as ours do)."""
+        names = getattr(state.model, 'loss_names', None)
+        if names is None:
+            return
+        keys = [f'loss/train/{n}' for n in names]
+        if self.config.loss_key not in keys:
+            raise ValueError(f'callbacks.loss_spike_monitor.loss_key={self.config.loss_key!r} is never logged by this '
+                             f'model; allowed: {", ".join(keys)}')
+
     def _loss(self, state: State) -> float:
+        # The all-reduced losses Composer logs: every rank reads the same value, so with
+        # action: stop every rank stops alike (a rank-local fallback could make them disagree).
         value = state.total_loss_dict.get(self.config.loss_key)
         if value is None:
-            loss = state.loss
-            if isinstance(loss, dict):
-                loss = loss.get('total', next(iter(loss.values())))
-            value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+            raise ValueError(f'callbacks.loss_spike_monitor.loss_key={self.config.loss_key!r} was not logged at step '
+                             f'{int(state.timestamp.batch)}; logged: {", ".join(sorted(state.total_loss_dict)) or "nothing"}')
         return float(value)
 
     def _tops(self, step: int) -> tuple[dict | None, dict | None]:
