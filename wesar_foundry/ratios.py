@@ -17,9 +17,10 @@ Three ways a matrix contributes sums:
   by the same replica factor, which cancels from every ratio. Then
   ``ΔW̄ = a'·ΔW + (a' − a)·W``, so ``‖ΔW̄‖² = a'²ΣΔW² + 2a'(a'−a)ΣΔW·W + (a'−a)²ΣW²``: no
   difference of two nearly equal big matrices is ever formed, which keeps small ratios exact.
-- ``gained`` — ``W̄ = s ⊙ W`` with a per-row (or scalar) gain computed from the whole matrix
-  (Weight Normalization, σReparam): needs the whole local matrix, so unsharded only; reduces to
-  a ``pair`` locally with the same decomposition per row.
+- ``gained`` — ``W̄ = s ⊙ W`` with a per-row (or scalar) gain computed from the matrix (Weight
+  Normalization, σReparam): needs whole *rows* locally, with their gains (or the one scalar gain),
+  which holds unsharded and under FSDP2 (dim-0 shards); reduces to a ``pair`` locally with the
+  same decomposition per row.
 
 Also here: role and layer inference from parameter names (for models that are not ours) and the
 aggregates (pooled per role / per layer, and the uniformity figure).
@@ -81,7 +82,8 @@ def scaled_sums(old: torch.Tensor, new: torch.Tensor, gate_old: torch.Tensor, ga
 
 
 def gained_sums(old: torch.Tensor, new: torch.Tensor, gain_old: torch.Tensor, gain_new: torch.Tensor) -> torch.Tensor:
-    """``[Σ ΔW̄², Σ W̄_old²]`` in fp64 for ``W̄ = s ⊙ W``, s of shape (1,) or (rows, 1); whole matrices."""
+    """``[Σ ΔW̄², Σ W̄_old²]`` in fp64 for ``W̄ = s ⊙ W``, s of shape (1,) or (rows, 1); whole rows
+    (a whole matrix, or a dim-0 shard with the gains of its rows)."""
     new = local_fp32(new)
     old = local_fp32(old).to(new.device)
     if old.dim() == 1:

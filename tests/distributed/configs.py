@@ -17,6 +17,10 @@ STEPS = 10
 GLOBAL_BATCH = 16
 
 
+def warmup_tokens(steps: int) -> int:
+    return steps * GLOBAL_BATCH * TINY_MODEL['max_seq_len']
+
+
 def paper_yaml(reparam: str) -> Path:
     return ROOT / 'yamls' / 'pretrain' / '1b' / f'{PAPER_METHOD[reparam]}-rapid.yaml'
 
@@ -38,11 +42,14 @@ def overrides(data: Path, save_folder: Path, run_name: str, world_size: int, *ex
         'fsdp_config.mixed_precision=FULL',
         # Our tokenizer has its own pad token (the LLaMA tokenizer's <unk> is not in it).
         'tokenizer.kwargs.pad_token=null',
-        f'max_duration={STEPS}ba', 'scheduler.t_warmup=2ba', f'global_train_batch_size={GLOBAL_BATCH}',
+        # Warm-up in tokens, the unit of the YAML's t_max (the full 30B, kept).
+        f'max_duration={STEPS}ba', f'scheduler.t_warmup={warmup_tokens(2)}tok', f'global_train_batch_size={GLOBAL_BATCH}',
         # One microbatch per rank and step, in both runs (σReparam steps once per forward).
         f'device_train_microbatch_size={GLOBAL_BATCH // world_size}', 'device_eval_batch_size=8',
         'eval_interval=5ba', 'eval_subset_num_batches=2', 'save_interval=5ba', 'console_log_interval=5ba',
         'callbacks.update_ratio_monitor.interval=2', 'loggers.inmemory={}',
+        # Not llm-foundry's default debug: Composer's exit-time debug lines hit pytest's closed streams.
+        'python_log_level=info',
         *loaders, *extra,
     ]
 

@@ -14,6 +14,9 @@ from tests.distributed.configs import PAPER_METHOD, load, overrides
 from tests.distributed.launch import result, run_train_jobs
 
 REPARAMS = tuple(PAPER_METHOD)
+# The paper YAML's own FSDP mixed precision: bf16 parameters in the forward, fp32 reductions
+# and buffers (Composer refuses amp_bf16 on CPU, but FSDP2's policy applies there).
+BF16 = 'fsdp_config.mixed_precision={param_dtype: bf16, reduce_dtype: fp32, buffer_dtype: fp32}'
 
 
 def pytest_collection_modifyitems(items):
@@ -66,11 +69,13 @@ def as_run(j: dict, r: dict) -> Run:
 @pytest.fixture(scope='session')
 def fsdp_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
     """Every paper method, 10 steps over two ranks (FSDP2 FULL_SHARD, activation checkpointing,
-    sharded checkpoints every 5 steps), in one ``composer -n 2`` launch."""
+    sharded checkpoints every 5 steps), plus WeSaR with bf16 parameters (key ``wesar-bf16``), in
+    one ``composer -n 2`` launch."""
     work = tmp_path_factory.mktemp('two-ranks')
-    jobs = [job(r, work, tiny_data, 2) for r in REPARAMS]
-    run_train_jobs(jobs, work)
-    return {j['reparam']: as_run(j, result(j)) for j in jobs}
+    jobs = {r: job(r, work, tiny_data, 2) for r in REPARAMS}
+    jobs['wesar-bf16'] = job('wesar', work, tiny_data, 2, BF16, name='wesar-bf16')
+    run_train_jobs(list(jobs.values()), work)
+    return {name: as_run(j, result(j)) for name, j in jobs.items()}
 
 
 @pytest.fixture(scope='session')

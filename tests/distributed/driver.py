@@ -76,6 +76,7 @@ def collect(trainer) -> dict:
     params = list(model.parameters())
     # Counted before the forward below: FSDP2 keeps the root's parameters unsharded after one.
     sharded = sum(hasattr(p, 'to_local') for p in params)
+    dtypes = sorted({str(p.dtype) for p in params})
     cfg = model.model.config
     ids = input_ids(cfg.vocab_size, 24)
     model.eval()
@@ -84,7 +85,7 @@ def collect(trainer) -> dict:
     return {'metrics': metrics, 'states': states, 'input_ids': ids, 'logits': logits,
             'world_size': dist.get_world_size(),
             'checkpointed_layers': sum(type(m).__name__ == 'CheckpointWrapper' for m in model.modules()),
-            'sharded_params': sharded, 'params': len(params)}
+            'sharded_params': sharded, 'params': len(params), 'param_dtypes': dtypes}
 
 
 def main(spec: str) -> None:

@@ -31,11 +31,9 @@ def test_losses_over_two_ranks_equal_one_process_with_the_same_global_batch(fsdp
 @pytest.mark.parametrize('reparam', REPARAMS)
 def test_update_ratio_monitor_figures_over_two_ranks_equal_one_process(fsdp_runs, single_runs, reparam):
     two, one = fsdp_runs[reparam].metrics, single_runs[reparam].metrics
-    keys = sorted(k for k in one if k.startswith('update_ratio/'))
-    # Effective ratios of per-row / spectral gains need whole matrices: not measured under FSDP.
-    gained = reparam in ('weight_norm', 'sigma_reparam')
-    expected = [k for k in keys if not (gained and k.startswith('update_ratio/effective/'))]
-    assert set(expected) <= set(two) and len(expected) > 20
+    expected = sorted(k for k in one if k.startswith('update_ratio/'))
+    assert set(expected) == {k for k in two if k.startswith('update_ratio/')} and len(expected) > 20
+    assert any(k.startswith('update_ratio/effective/') for k in expected)
     for key in expected:
         assert sorted(two[key]) == sorted(one[key]) == [2, 4, 6, 8, 10], key
         for step, value in one[key].items():
@@ -57,7 +55,18 @@ def test_the_export_callback_under_fsdp_writes_stock_llamas_with_the_trained_log
     ids = next(iter(fsdp_runs.values())).input_ids
     loaded = load_with_stock_transformers(dirs, ids, tmp_path / 'loader')
     assert loaded['_our_modules'] == []
-    for reparam, run in fsdp_runs.items():
-        got = loaded[reparam]
-        assert (got['class'], got['model_type']) == ('LlamaForCausalLM', 'llama'), reparam
-        torch.testing.assert_close(got['logits'], run.logits, rtol=1e-5, atol=1e-5, msg=reparam)
+    for name, run in fsdp_runs.items():
+        got = loaded[name]
+        assert (got['class'], got['model_type']) == ('LlamaForCausalLM', 'llama'), name
+        # The bf16 run's own logits came from bf16 parameters; its export is the fp32 merge of the
+        # fp32 masters (precision fp32 here), so they agree to bf16 rounding only.
+        tol = 5e-2 if name.endswith('bf16') else 1e-5
+        torch.testing.assert_close(got['logits'], run.logits, rtol=tol, atol=tol, msg=name)
+
+
+def test_bf16_parameters_train_close_to_fp32_with_fp32_masters(fsdp_runs):
+    bf16, fp32 = fsdp_runs['wesar-bf16'], fsdp_runs['wesar']
+    assert bf16.raw['param_dtypes'] == ['torch.float32']  # sharded masters, gates included
+    assert bf16.losses != fp32.losses  # the forward did run in bf16
+    assert bf16.losses == pytest.approx(fp32.losses, rel=2e-2)
+    assert bf16.losses[-1] < bf16.losses[0]

@@ -30,7 +30,7 @@ def preempted(tiny_data, tmp_path_factory) -> dict:
     marker = work / 'preempted-once'
     j = job('wesar', work, tiny_data, 2, f'callbacks.test_preempt.step={KILL_AT}', f'callbacks.test_preempt.marker={marker}',
             name='preempted')
-    run_train_jobs([j], work / 'launch', expect_killed=True)
+    run_train_jobs([j], work / 'launch', expect_failure=True)
     killed = {'marker': marker.exists(), 'result': (Path(j['out']) / 'result.pt').exists(),
               'folders': sorted(p.name for p in (Path(j['cwd']) / 'checkpoints').glob('ep*')),
               'rows': len((Path(j['cwd']) / 'preempted-2rank' / 'metrics.jsonl').read_text().splitlines())}

@@ -28,8 +28,9 @@ _VECTOR_SEED = 0
 
 
 def _whole(w: torch.Tensor) -> torch.Tensor:
-    """The whole matrix: a DTensor shard (FSDP2 at init, outside the forward) is gathered; every
-    rank must then call this together, as Composer's per-module init does."""
+    """The whole tensor: a DTensor shard (FSDP2 at init, or outside the forward) is gathered;
+    every rank must then call this together, as Composer's per-module init and the update-ratio
+    monitor do."""
     return w.full_tensor() if hasattr(w, 'full_tensor') else w
 
 
@@ -90,7 +91,7 @@ class SigmaReparamMatrix(ReparamMatrix):
             return torch.dot(self.u.float().clone(), _whole(self.weight).float() @ self.v.float().clone())
 
     def gain(self) -> torch.Tensor:
-        return self.gamma / self.sigma_max()
+        return _whole(self.gamma) / self.sigma_max()
 
     def _step_due(self) -> bool:
         if self.clock is None:

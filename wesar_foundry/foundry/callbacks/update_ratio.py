@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import re
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +114,10 @@ class UpdateRatioMonitor(Callback):
     numerators and denominators are all-reduced in *one* collective per logging step, then
     divided (with replicated shards, HSDP, every sum grows by the same factor, which cancels).
     DDP and single-process runs hold whole parameters and do no collective. FSDP needs
-    ``use_orig_params: true`` (Composer's default) so parameter names survive. Effective
-    matrices with per-row or spectral gains (Weight Normalization, σReparam) need whole
-    matrices and are skipped under FSDP, with a warning; WeSaR's scalar gates work everywhere.
+    ``use_orig_params: true`` (Composer's default) so parameter names survive. Per-row gains
+    (Weight Normalization) need no gathering: FSDP2 shards dim 0, so a rank holds whole rows and
+    their gains. σReparam's spectral gain is one scalar from the whole matrix: its ``gain()``
+    gathers the matrix (a collective every rank makes, in the same order) on measured steps.
 
     **Keys** (``K`` is ``raw``, ``effective`` or ``gate``; step t as above):
 
@@ -156,7 +156,6 @@ class UpdateRatioMonitor(Callback):
         sharded = self._reduce
         items: list[Item] = []
         owned: set[int] = set()
-        skipped: list[str] = []
         for mname, module in state.model.named_modules():
             if not isinstance(module, ReparamMatrix):
                 continue
@@ -181,14 +180,8 @@ class UpdateRatioMonitor(Callback):
                 items.append(Item(e, 'raw', module.weight))
             elif isinstance(module, WeSaRMatrix):
                 items.append(Item(e, 'scaled', module.weight, gate=module.alpha))
-            elif sharded:
-                skipped.append(name)
             else:
                 items.append(Item(e, 'gained', module.weight, module=module))
-        if skipped:
-            warnings.warn(f'update_ratio_monitor: under FSDP the effective ratios of {len(skipped)} matrices with '
-                          f'per-row or spectral gains are skipped (their gains need whole matrices), e.g. '
-                          f'{skipped[0]}; their raw ratios and gates are still measured')
         seen: set[int] = set()
         for pname, p in state.model.named_parameters():
             if id(p) in owned or id(p) in seen or not p.requires_grad:
