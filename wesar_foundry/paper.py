@@ -3,6 +3,17 @@
 ``yamls/pretrain/`` and ``yamls/mcloud/`` are written by this module (``python -m
 wesar_foundry.paper``) and a test checks the committed files still equal its output, so the
 YAMLs and this table cannot drift apart.
+
+Every run saves to ``<save_root>/<run_name>``: Composer checkpoints (``autoresume`` finds them
+there) and the merged Llama exports under ``huggingface/ba<N>``. A sweep's
+``variables.run_name=`` override therefore gives each job its own folder; a shared folder would
+make ``autoresume`` load another seed's or σ²'s checkpoint. The platform job files leave
+``save_root`` to the user (an object store, so that checkpoints outlive the container).
+
+The cosine schedule's ``t_max`` is the run's full token budget, not Composer's default ``1dur``:
+a shorter ``max_duration=`` (Figure 1 trains the 13B runs for their first 5B tokens) truncates
+the run and keeps its schedule. Composer requires ``t_warmup`` and ``t_max`` in one unit, so the
+warmup is given in tokens too (steps × tokens per step, the same point in training).
 """
 
 from __future__ import annotations
@@ -23,6 +34,12 @@ SIGMA2_GRID = (1e-5, 4e-5, 16e-5, 64e-5, 256e-5)
 SEEDS = (17, 18, 19, 20, 21)
 IMAGE = 'mosaicml/llm-foundry:2.7.0_cu128-latest'
 PLUGIN_REPO = 'wesar-foundry/wesar-foundry'  # change to your fork before submitting
+# OmegaConf's mandatory-value marker: resolving the config refuses to start until it is set.
+SAVE_ROOT_UNSET = '???'
+# Merged-Llama exports: every 5B tokens (and, as for every hf_checkpointer, at the end of
+# training). Tokens, not steps, so Rapid and Stable export at the same points; 5B is Figure 1's
+# horizon; a 13B export gathers 52 GB of fp32 masters on rank 0, so not much more often.
+HF_EXPORT_INTERVAL = '5000000000tok'
 GATE_PARAM_GROUPS = [{'param_str_match': r'\.(alpha|g|gamma)$', 'weight_decay': 0.0}]
 
 
@@ -80,7 +97,8 @@ COMPARE_METHODS = ('small', 'weight_norm', 'sigma_reparam', 'residual_scaling', 
 
 
 def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B) -> dict[str, Any]:
-    """A complete llm-foundry train config; only data paths and the tokenizer are variables."""
+    """A complete llm-foundry train config; only data paths, the tokenizer and where to save are
+    variables."""
     sz, st = SIZES[size], SETTINGS[setting]
     global_batch = st.batch_tokens // SEQ_LEN
     run = f'wesar-{size}-{method}-{setting}'
@@ -89,7 +107,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
             'data_local': './data/refinedweb',
             'eval_data_local': './data/wikitext',
             'tokenizer_name': 'hf-internal-testing/llama-tokenizer',
-            'save_folder': f'./checkpoints/{run}',
+            'save_root': './checkpoints',
+            'save_folder': '${variables.save_root}/${variables.run_name}',
             'run_name': run,
             'max_seq_len': SEQ_LEN,
         },
@@ -110,7 +129,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
                       'kwargs': {'model_max_length': '${variables.max_seq_len}', 'pad_token': '<unk>'}},
         'train_loader': _loader('${variables.data_local}', 'train', shuffle=True),
         'eval_loader': _loader('${variables.eval_data_local}', 'val', shuffle=False),
-        'scheduler': {'name': 'cosine_with_warmup', 't_warmup': f'{st.warmup}ba', 'alpha_f': 0.1},
+        'scheduler': {'name': 'cosine_with_warmup', 't_warmup': f'{st.warmup * st.batch_tokens}tok',
+                      't_max': f'{tokens}tok', 'alpha_f': 0.1},
         'optimizer': {
             'name': 'decoupled_adamw', 'lr': st.lr, 'betas': [0.9, 0.95], 'eps': 1e-8,
             # Composer's decoupled wd is not multiplied by lr: 0.01 (torch AdamW) × lr.
@@ -146,6 +166,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
             # Why a run spikes: exact per-matrix update ratios, and the matrices that moved at a spike.
             'update_ratio_monitor': {'interval': 10},
             'loss_spike_monitor': {},
+            # Precision left at its default, the training dtype (bf16 under amp_bf16).
+            'wesar_hf_checkpointer': {'save_folder': '${variables.save_folder}', 'save_interval': HF_EXPORT_INTERVAL},
         },
         'loggers': {'jsonl': {}},  # {run_name}/metrics.jsonl, what `wesar-foundry plot` reads
         'save_folder': '${variables.save_folder}',
@@ -172,11 +194,15 @@ def _header(size: str, method: str, setting: str, tokens: int) -> str:
         f'# WeSaR paper run: {size} ({sz.note}), method {method}, {setting} setting, {tokens / 1e9:g}B tokens.',
         f'# reparam: {m["reparam"]}, init: {m["init_config"]}. Batch {st.batch_tokens:,} tokens at seq {SEQ_LEN},',
         f'# lr {st.lr:g}, warmup {st.warmup} steps, cosine to 10%, betas (0.9, 0.95), eps 1e-8, clip 1.0, z-loss 1e-4, bf16.',
+        f'# Schedule in tokens (Composer wants t_warmup and t_max in one unit): warmup {st.warmup} steps x {st.batch_tokens:,},',
+        f'# t_max the full {tokens / 1e9:g}B, so a shorter max_duration= truncates the run and keeps the schedule.',
         '# Weight decay: Composer decoupled_adamw semantics (p <- p*(1 - wd*lr_t/lr_0), NOT multiplied by lr);',
         f'# {round(0.01 * st.lr, 12):g} here equals the paper\'s 0.01 in torch AdamW semantics (p <- p*(1 - lr*wd)).',
         '# The param_groups line keeps gates and gains (alpha, g, gamma) out of weight decay.',
         f'# FSDP sized for {sz.gpus}x H100 80GB. Run: composer <llm-foundry>/scripts/train/train.py <this yaml> \\',
         '#   variables.data_local=<train MDS> variables.eval_data_local=<wikitext MDS> variables.tokenizer_name=<tok>',
+        '# Saves (checkpoints, autoresume, merged Llama exports every 5B tokens) go to <save_root>/<run_name>;',
+        '# set variables.save_root=s3://<bucket>/<prefix> (or gs://, oci://) for an object store.',
         '',
     ])
 
@@ -192,7 +218,6 @@ def shipped_train_yamls() -> dict[str, tuple[str, dict[str, Any]]]:
     for method in COMPARE_METHODS:
         cfg = train_config('1b', method, 'rapid', TOKENS_10B)
         cfg['variables']['run_name'] = f'wesar-1b-compare10b-{method}'
-        cfg['variables']['save_folder'] = f'./checkpoints/wesar-1b-compare10b-{method}'
         header = _header('1b', method, 'rapid', TOKENS_10B)
         if method in GRID_METHODS:
             header += '# sigma^2 grid: model.init_config.sigma2={1e-5,4e-5,1.6e-4,6.4e-4,2.56e-3}; seeds: seed={17..21}\n'
@@ -202,11 +227,20 @@ def shipped_train_yamls() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
-def mcloud_job(rel_yaml: str, cfg: dict[str, Any], overrides: list[str], name: str) -> dict[str, Any]:
-    """A MosaicML platform run config: image, llm-foundry + the plugin from git, the command."""
+def mcloud_job(rel_yaml: str, cfg: dict[str, Any], overrides: list[str], name: str,
+               save_root: str = SAVE_ROOT_UNSET) -> dict[str, Any]:
+    """A MosaicML platform run config: image, llm-foundry + the plugin from git, the command.
+
+    ``save_root`` is where every run of the job saves (``<save_root>/<run_name>``). A container's
+    disk is gone when it stops, so give an object store; unset, the job refuses to start.
+    """
     size = rel_yaml.split('/')[1]
     gpus = SIZES[size].gpus
     args = ' '.join(overrides)
+    if not save_root.rstrip('/'):
+        raise ValueError(f'save_root: {save_root!r}; give an object store URI such as s3://<bucket>/<prefix>')
+    cfg = copy.deepcopy(cfg)
+    cfg['variables']['save_root'] = save_root.rstrip('/')
     return {
         'name': name,
         'image': IMAGE,
@@ -235,9 +269,10 @@ def main_mcloud_jobs() -> dict[str, dict[str, Any]]:
     return jobs
 
 
-def sweep_jobs() -> dict[str, dict[str, Any]]:
+def sweep_jobs(save_root: str = SAVE_ROOT_UNSET) -> dict[str, dict[str, Any]]:
     """The 1.3B comparison sweep: σ² grid × seeds for WN/σReparam/WeSaR, seeds for the others,
-    as command-line overrides of the shipped YAML."""
+    as command-line overrides of the shipped YAML. Each job's run name is its own, and so is its
+    save folder ``<save_root>/<run_name>``."""
     jobs = {}
     for method in COMPARE_METHODS:
         rel = f'pretrain/1b/compare-10b/{method}.yaml'
@@ -249,7 +284,7 @@ def sweep_jobs() -> dict[str, dict[str, Any]]:
                 overrides = [f'seed={seed}', f'variables.run_name=wesar-1b-sweep-{tag}']
                 if sigma2 is not None:
                     overrides.insert(0, f'model.init_config.sigma2={sigma2:g}')
-                jobs[f'{tag}.yaml'] = mcloud_job(rel, cfg, overrides, f'wesar-1b-sweep-{tag}')
+                jobs[f'{tag}.yaml'] = mcloud_job(rel, cfg, overrides, f'wesar-1b-sweep-{tag}', save_root)
     return jobs
 
 
@@ -257,11 +292,21 @@ def dump(cfg: dict[str, Any], header: str = '') -> str:
     return header + yaml.safe_dump(cfg, sort_keys=False, width=120)
 
 
+def _job_header(what: str, save_root: str) -> str:
+    lines = [f'# {what}: mcli run -f <this file>']
+    if save_root == SAVE_ROOT_UNSET:
+        lines += ['# First set parameters.variables.save_root to an object store, e.g. s3://YOUR-BUCKET/wesar-foundry',
+                  '# (runs save and autoresume in <save_root>/<run_name>; the container\'s disk does not outlive it).',
+                  f'# Left at {SAVE_ROOT_UNSET}, the run stops at start: "Missing mandatory value: variables.save_root".']
+    return '\n'.join(lines) + '\n'
+
+
 def write_all(root: Path) -> list[Path]:
     """Write the shipped YAMLs and main job files under ``root`` (the repo's ``yamls/``)."""
     written = []
     files = {rel: dump(cfg, header) for rel, (header, cfg) in shipped_train_yamls().items()}
-    files.update({rel: dump(job, '# MosaicML platform job: mcli run -f <this file>\n') for rel, job in main_mcloud_jobs().items()})
+    header = _job_header('MosaicML platform job', SAVE_ROOT_UNSET)
+    files.update({rel: dump(job, header) for rel, job in main_mcloud_jobs().items()})
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,12 +315,13 @@ def write_all(root: Path) -> list[Path]:
     return written
 
 
-def write_sweep(out: Path) -> list[Path]:
-    """Write the whole 1.3B σ²×seed sweep as job files into ``out``."""
+def write_sweep(out: Path, save_root: str = SAVE_ROOT_UNSET) -> list[Path]:
+    """Write the whole 1.3B σ²×seed sweep as job files into ``out``, saving under ``save_root``."""
     out.mkdir(parents=True, exist_ok=True)
+    header = _job_header('MosaicML platform job (1.3B comparison sweep)', save_root)
     paths = []
-    for rel, job in sweep_jobs().items():
-        (out / rel).write_text(dump(job, '# MosaicML platform job (1.3B comparison sweep): mcli run -f <this file>\n'))
+    for rel, job in sweep_jobs(save_root).items():
+        (out / rel).write_text(dump(job, header))
         paths.append(out / rel)
     return paths
 

@@ -4,16 +4,26 @@
 seeds for Small init and Residual Scaling: 85 jobs, each the shipped
 ``yamls/pretrain/1b/compare-10b/<method>.yaml`` with command-line overrides.
 
-    python yamls/mcloud/make_sweep.py sweep-jobs/
+    python yamls/mcloud/make_sweep.py sweep-jobs/ --save-root s3://<bucket>/wesar-foundry
     for f in sweep-jobs/*.yaml; do mcli run -f "$f"; done
+
+Every job saves and autoresumes in its own ``<save-root>/<run_name>``: an object store, since a
+container's disk does not outlive the job.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from wesar_foundry.paper import write_sweep
 
 if __name__ == '__main__':
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else 'sweep-jobs')
-    paths = write_sweep(out)
-    print(f'wrote {len(paths)} job files to {out}/')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('out', nargs='?', default='sweep-jobs', type=Path, help='folder for the job files')
+    parser.add_argument('--save-root', required=True,
+                        help='object store prefix for checkpoints and exports, e.g. s3://<bucket>/wesar-foundry')
+    args = parser.parse_args()
+    save_root = args.save_root.rstrip('/')
+    if not save_root:
+        parser.error('--save-root: empty')
+    paths = write_sweep(args.out, save_root)
+    print(f'wrote {len(paths)} job files to {args.out}/, saving under {save_root}/<run_name>')
