@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wesar_foundry.reparam.functional import scaled_embedding, scaled_linear
+
 KINDS = ('linear', 'embedding')
 
 
@@ -75,14 +77,11 @@ class ReparamMatrix(nn.Module):
         return self.gain().float() * self.weight.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # W̄ is never saved for backward: see reparam/functional.py. The embedding gathers first,
+        # then scales: cheaper than scaling the whole table.
         if self.kind == 'linear':
-            return F.linear(x, self.effective_weight(x.dtype))
-        # Gather first, then scale: cheaper than scaling the whole table.
-        rows = F.embedding(x, self.weight)
-        gain = self.gain()
-        if gain.shape[0] != 1:
-            gain = F.embedding(x, gain)  # per-row gain: pick the looked-up rows' gains
-        return gain.to(rows.dtype) * rows
+            return scaled_linear(x, self.weight, self.gain())
+        return scaled_embedding(x, self.weight, self.gain())
 
     def extra_repr(self) -> str:
         return f'role={self.role}, kind={self.kind}, shape={tuple(self.weight.shape)}'

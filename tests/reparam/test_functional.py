@@ -1,0 +1,99 @@
+"""The gated linear and embedding save no more for backward than the plain ops, and their
+gradients are plain autograd's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wesar_foundry.reparam.functional import scaled_embedding, scaled_linear
+
+ROWS, COLS = 6, 5
+GAINS = {'scalar': (1,), 'per_row': (ROWS, 1)}
+
+
+def inputs(gain_shape, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, COLS, dtype=dtype, generator=g, requires_grad=True)
+    w = torch.randn(ROWS, COLS, dtype=dtype, generator=g, requires_grad=True)
+    s = (torch.rand(gain_shape, dtype=dtype, generator=g) + 0.5).requires_grad_()
+    idx = torch.randint(0, ROWS, (3, 4), generator=g)
+    return x, w, s, idx
+
+
+@pytest.mark.parametrize('gain', GAINS)
+def test_gated_linear_passes_gradcheck_in_fp64(gain):
+    x, w, s, _ = inputs(GAINS[gain])
+    assert torch.autograd.gradcheck(scaled_linear, (x, w, s))
+
+
+@pytest.mark.parametrize('gain', GAINS)
+def test_gated_embedding_passes_gradcheck_in_fp64(gain):
+    _, w, s, idx = inputs(GAINS[gain])
+    assert torch.autograd.gradcheck(lambda w, s: scaled_embedding(idx, w, s), (w, s))
+
+
+def unfused(kind, x, w, s, idx):
+    if kind == 'linear':
+        return F.linear(x, s.to(x.dtype) * w.to(x.dtype))
+    rows = F.embedding(idx, w)
+    return (s if s.numel() == 1 else F.embedding(idx, s)).to(rows.dtype) * rows
+
+
+def outputs_and_grads(kind: str, gain: str, fused: bool) -> list[torch.Tensor]:
+    x, w, s, idx = inputs(GAINS[gain], torch.float32, seed=1)
+    if fused:
+        y = scaled_linear(x, w, s) if kind == 'linear' else scaled_embedding(idx, w, s)
+    else:
+        y = unfused(kind, x, w, s, idx)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(2)))
+    return [y.detach(), w.grad, s.grad] + ([x.grad] if kind == 'linear' else [])
+
+
+@pytest.mark.parametrize('kind', ['linear', 'embedding'])
+@pytest.mark.parametrize('gain', GAINS)
+def test_fp32_outputs_and_gradients_equal_plain_autograd(kind, gain):
+    got, want = outputs_and_grads(kind, gain, True), outputs_and_grads(kind, gain, False)
+    assert torch.equal(got[0], want[0])  # the forward is the same computation
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for backward that are not the inputs themselves."""
+    total = 0
+    def pack(t):
+        nonlocal total
+        if not any(t.data_ptr() == p.data_ptr() for p in fn.inputs):
+            total += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+class Case:
+    def __init__(self, kind, gain):
+        self.x, self.w, self.s, self.idx = inputs(GAINS[gain], torch.float32)
+        self.x = self.x.detach().requires_grad_()
+        self.kind = kind
+        self.inputs = [self.x, self.w, self.s, self.idx]
+
+
+@pytest.mark.parametrize('kind', ['linear', 'embedding'])
+@pytest.mark.parametrize('gain', GAINS)
+def test_nothing_weight_or_activation_sized_is_saved_beyond_the_plain_op(kind, gain):
+    case = Case(kind, gain)
+    if kind == 'linear':
+        ours = lambda: scaled_linear(case.x, case.w, case.s)  # noqa: E731
+        plain = lambda: F.linear(case.x, case.w)  # noqa: E731
+        unfused_ = lambda: unfused('linear', case.x, case.w, case.s, case.idx)  # noqa: E731
+    else:
+        ours = lambda: scaled_embedding(case.idx, case.w, case.s)  # noqa: E731
+        plain = lambda: F.embedding(case.idx, case.w)  # noqa: E731
+        unfused_ = lambda: unfused('embedding', case.x, case.w, case.s, case.idx)  # noqa: E731
+    for f in (ours, plain, unfused_):
+        f.inputs = case.inputs
+    assert saved_bytes(ours) == saved_bytes(plain) == 0  # only the inputs, by reference
+    assert saved_bytes(unfused_) > 0  # what the unfused expression keeps: W̄, or the gathered rows
