@@ -164,11 +164,12 @@ def test_shipped_task_configs_mirror_the_stock_tasks():
     """The local YAMLs keep the stock tasks' output type, prompts and metrics; only the data differs."""
     import lm_eval
 
+    from wesar_foundry.eval import TASK_DIR
     stock_dir = Path(lm_eval.__file__).parent / 'tasks'
     pairs = [('wikitext/wikitext.yaml', 'wikitext_local.yaml'), ('lambada/lambada_openai.yaml', 'lambada_openai_local.yaml')]
     keys = ('output_type', 'doc_to_text', 'doc_to_target', 'metric_list', 'doc_to_decontamination_query')
     for stock, local in pairs:
-        s, l_ = _yaml(stock_dir / stock), _yaml(ROOT / 'yamls' / 'eval' / local)
+        s, l_ = _yaml(stock_dir / stock), _yaml(TASK_DIR / local)
         for key in keys:
             if key == 'doc_to_target' and stock.startswith('wikitext'):
                 assert l_[key].endswith('wikitext_detokenizer') and s[key].endswith('wikitext_detokenizer')
@@ -183,3 +184,9 @@ def _yaml(path: Path) -> dict:
         pass
     Loader.add_constructor('!function', lambda loader, node: loader.construct_scalar(node))
     return yaml.load(path.read_text(), Loader=Loader)
+
+
+def test_yamls_eval_in_a_checkout_is_the_shipped_task_folder():
+    """`lm_eval --include_path yamls/eval` (README) reads the configs the package ships."""
+    from wesar_foundry.eval import TASK_DIR
+    assert (ROOT / 'yamls' / 'eval').resolve() == TASK_DIR.resolve()

@@ -11,7 +11,7 @@ def _prepare(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(
         out=args.out, sources=args.source or ['docstrings'], tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         seq_len=args.seq_len, val_percent=args.val_percent, text_field=args.text_field, hf_split=args.hf_split,
-        max_docs=args.max_docs, max_chars=args.max_chars or None,
+        max_docs=args.max_docs, max_chars=args.max_chars, tokenizer_sample_chars=args.tokenizer_sample_chars,
     )
     prepare(cfg, force=args.force)
     return 0
@@ -78,17 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('prepare', help='build a BPE tokenizer and train/val MDS datasets for llm-foundry')
     p.add_argument('--out', default='wesar-data', help='output folder (default: wesar-data)')
     p.add_argument('--source', action='append',
-                   help="'docstrings' (default: the stdlib's docstrings, offline), a .txt/.jsonl file, or "
-                        "hf:<name>[:<config>] (repeatable)")
+                   help="'docstrings' (default: the stdlib's docstrings, offline), a .txt/.tokens file (documents "
+                        "split at blank lines), a .jsonl file, or hf:<name>[:<config>] (streamed); repeatable")
     p.add_argument('--tokenizer', help='use this tokenizer (folder or hub name) instead of training a BPE')
     p.add_argument('--vocab-size', type=int, default=4096)
     p.add_argument('--seq-len', type=int, default=128, help='tokens per MDS sample (>= training max_seq_len)')
     p.add_argument('--val-percent', type=float, default=5.0,
-                   help='share of documents for val; 100 writes an eval-only set (e.g. WikiText)')
+                   help='share of documents for val (by a hash of their text); 0 writes train only, 100 an eval-only '
+                        'set (e.g. WikiText); otherwise an empty train or val split is an error')
     p.add_argument('--text-field', help='record field holding the text (default: text, else content)')
     p.add_argument('--hf-split', default='train')
-    p.add_argument('--max-docs', type=int, help='documents per source at most')
-    p.add_argument('--max-chars', type=int, default=4_000_000, help="characters in all at most (default 4M; 0: no cap)")
+    p.add_argument('--max-docs', type=int, help='documents per source at most (default: no cap)')
+    p.add_argument('--max-chars', type=int, help='characters in all at most (default: no cap)')
+    p.add_argument('--tokenizer-sample-chars', type=int, default=100_000_000,
+                   help='without --tokenizer, the BPE is trained on the train documents among the first this many '
+                        'characters (default 100M); all documents are written')
     p.add_argument('--force', action='store_true', help='rebuild even if --out holds a prepared dataset')
     p.set_defaults(func=_prepare)
 
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--dtype', default='float32', help='float32 (default), bfloat16, float16 or auto')
     p.add_argument('--max-length', type=int, help="context window (default: the model's max_position_embeddings)")
     p.add_argument('--limit', type=int, help='only the first N documents per task (a quick check)')
-    p.add_argument('--task-dir', default=None, help='folder of the local task configs (default: yamls/eval)')
+    p.add_argument('--task-dir', default=None,
+                   help="folder of the local task configs (default: the installed package's eval_tasks/)")
     p.add_argument('--out', help='also write the results as JSON here')
     p.set_defaults(func=_eval)
 

@@ -5,7 +5,8 @@ lm-eval-harness's own API and tasks.
 - LAMBADA: perplexity of the target word, lm-eval's ``lambada_openai`` task.
 
 Online, the stock hub-backed tasks run by name (``--tasks wikitext,lambada_openai``). Offline,
-``--wikitext-file`` / ``--lambada-file`` run the task configs of ``yamls/eval/``: the same
+``--wikitext-file`` / ``--lambada-file`` run the task configs of ``wesar_foundry/eval_tasks/``
+(package data; ``yamls/eval`` in a checkout links to it): the same
 processing and metrics, reading local files in the standard formats. Their data paths are filled
 in at run time into a temporary include folder handed to lm-eval's ``TaskManager``.
 """
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The shipped task configs; a repository checkout (the README installs with `pip install -e .`).
-TASK_DIR = Path(__file__).resolve().parents[1] / 'yamls' / 'eval'
+# The shipped task configs: package data, so that a non-editable install (`pip install .`, a wheel) has them.
+TASK_DIR = Path(__file__).resolve().parent / 'eval_tasks'
 STOCK_TASKS = ('wikitext', 'lambada_openai', 'lambada_standard')
 DEFAULT_TASKS = ('wikitext', 'lambada_openai')
 DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
@@ -29,7 +30,7 @@ DTYPES = ('float32', 'bfloat16', 'float16', 'auto')
 
 @dataclass(frozen=True)
 class LocalTask:
-    """One task config of ``yamls/eval`` and the placeholder its data path replaces."""
+    """One task config of ``eval_tasks/`` and the placeholder its data path replaces."""
 
     name: str
     """The lm-eval task name the YAML declares."""
@@ -81,7 +82,7 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first N documents of each task (for quick checks; not the paper's number)."""
     task_dir: str = str(TASK_DIR)
-    """Folder holding the local task configs (yamls/eval of the repository)."""
+    """Folder holding the local task configs (default: the package's ``eval_tasks/``)."""
 
     def validate(self) -> None:
         """Check paths and values before anything heavy is imported or loaded."""
@@ -106,7 +107,7 @@ class EvalConfig:
             missing = [n for n in [TASK_UTILS] + [t.yaml for t, _ in self.local_tasks()] if not (task_dir / n).is_file()]
             if missing:
                 raise FileNotFoundError(f'--task-dir: {self.task_dir} lacks {", ".join(missing)} '
-                                        '(the repository\'s yamls/eval folder)')
+                                        f'(the task configs shipped in {TASK_DIR})')
 
     def local_tasks(self) -> list[tuple[LocalTask, str]]:
         """The local tasks asked for, each with its data file."""
