@@ -159,6 +159,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
         'log_to_console': True,
         'console_log_interval': '10ba',
         'callbacks': {
+            # A prepared folder without the split a loader reads: an error naming it, before any compute.
+            'wesar_data_check': {},
             'speed_monitor': {'window_size': 10},
             'lr_monitor': {},
             'memory_monitor': {},
