@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -69,3 +71,12 @@ def test_merge_is_exact(reparam, mlp_type):
         ours = model(x)
         plain = merged(input_ids=x['input_ids'], use_cache=False).logits
     assert torch.allclose(ours, plain, atol=1e-5, rtol=0)
+
+
+def test_sigma_reparams_embedding_output_std_is_not_one_but_one_over_sqrt_vocab_plus_sqrt_d():
+    """σReparam normalizes the embedding by its spectral norm too (the README says so): a Gaussian
+    (V, d) table has σ_max ≈ σ(√V + √d), so W̄ has std ≈ 1/(√V + √d) at γ = 1."""
+    model = build_model(reparam='sigma_reparam', init_config=INITS['sigma_reparam'], **BIG)
+    emb = model.model.model.embed_tokens
+    vocab, d = emb.weight.shape
+    assert emb.merged_weight().std().item() == pytest.approx(1 / (math.sqrt(vocab) + math.sqrt(d)), rel=0.1)
