@@ -75,7 +75,8 @@ def test_skip_mode_drops_a_non_finite_step_as_if_its_batch_had_not_been_there(tr
                               f'callbacks={{test_poison_loss: {{step: {POISON}}}, '
                               'loss_spike_monitor: {nonfinite: skip, warmup: 0, window: 2}}'))
     mon = find(trainer, LossSpikeMonitor)
-    assert (mon.skipped, mon.detector.nonfinite) == (1, 1)
+    assert (mon.skipped, mon.nonfinite_steps, mon.detector.nonfinite) == (1, 1, 1)
+    assert logged(trainer, 'loss_spike/nonfinite') == {POISON - 1: 1}
     assert logged(trainer, 'loss_spike/nonfinite_step') == {POISON - 1: POISON}
     losses = logged(trainer, 'loss/train/total')
     assert math.isnan(losses[POISON - 1]) and all(math.isfinite(losses[s]) for s in range(8) if s != POISON - 1)

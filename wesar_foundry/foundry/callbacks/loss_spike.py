@@ -118,6 +118,7 @@ class LossSpikeMonitor(Callback):
         self.spikes: list[dict[str, Any]] = []
         self._monitor: UpdateRatioMonitor | None = None
         self._own_monitor = False
+        self.nonfinite_steps = 0
         self.skipped = 0
         self._consecutive_skips = 0
 
@@ -161,7 +162,9 @@ class LossSpikeMonitor(Callback):
                 p.grad = None
             self.skipped += 1
             self._consecutive_skips += 1
-        logger.log_metrics({'loss_spike/nonfinite': self.detector.nonfinite + 1, 'loss_spike/nonfinite_step': step,
+        # Its own count: a non-finite gradient under a finite loss is one too, which the detector never sees.
+        self.nonfinite_steps += 1
+        logger.log_metrics({'loss_spike/nonfinite': self.nonfinite_steps, 'loss_spike/nonfinite_step': step,
                             'loss_spike/skipped': self.skipped})
         text = f'non-finite loss or gradient at step {step}'
         if before:
@@ -247,7 +250,8 @@ class LossSpikeMonitor(Callback):
     # already has, so the window and the records must not become keys of their own.
     def state_dict(self) -> dict[str, Any]:
         return {'state': json.dumps({'detector': self.detector.state_dict(), 'spikes': self.spikes,
-                                     'skipped': self.skipped, 'config': asdict(self.config)})}
+                                     'nonfinite_steps': self.nonfinite_steps, 'skipped': self.skipped,
+                                     'config': asdict(self.config)})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if 'state' in state:
@@ -255,6 +259,7 @@ class LossSpikeMonitor(Callback):
         self.detector.load_state_dict(state['detector'])
         self.spikes = list(state['spikes'])
         self.skipped = int(state.get('skipped', 0))
+        self.nonfinite_steps = int(state.get('nonfinite_steps', 0))
 
 
 def _any_rank(state: State, flag: bool) -> bool:
