@@ -28,7 +28,20 @@ class PoisonLoss(Callback):
             state.loss['total'] = state.loss['total'] * float('nan')
 
 
+class PoisonWeights(Callback):
+    """Sets one weight to NaN after the optimizer step of one step (a divergence nothing else saw)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if int(state.timestamp.batch) == self.step:
+            with torch.no_grad():
+                state.model.model.lm_head.weight.view(-1)[0] = float('nan')
+
+
 callbacks.register('test_poison_loss', func=PoisonLoss)
+callbacks.register('test_poison_weights', func=PoisonWeights)
 
 # Adam warming up to lr 1000: the tiny model's loss explodes from step 4 and is NaN from step 11.
 DIVERGE = ('optimizer.lr=1000', 'scheduler.t_warmup=20ba', 'max_duration=40ba', 'save_interval=2ba',
@@ -100,3 +113,13 @@ def test_skip_mode_stops_after_max_skips_consecutive_non_finite_steps(train_cfg,
 def test_bad_divergence_options_name_the_key(key, value, allowed):
     with pytest.raises(ValueError, match=rf'loss_spike_monitor.{key}=.*{allowed}'):
         LossSpikeMonitor(**{key: value})
+
+
+def test_non_finite_weights_are_never_checkpointed_and_older_checkpoints_stay(train_cfg, tmp_path):
+    ck = tmp_path / 'ck'
+    cfg = train_cfg('max_duration=8ba', f'save_folder={ck}', 'save_interval=2ba', 'save_num_checkpoints_to_keep=1',
+                    'callbacks={test_poison_weights: {step: 4}, loss_spike_monitor: {ratios: none}}')
+    with pytest.raises(NonFiniteLossError, match='non-finite weights at step 4: not saving a checkpoint'):
+        train(cfg)
+    assert sorted(p.name for p in ck.glob('ep*.pt')) == ['ep0-ba2-rank0.pt']  # kept, not rotated away
+    assert (ck / 'latest-rank0.pt').resolve().name == 'ep0-ba2-rank0.pt'

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from composer.core import Callback, State
+from composer.callbacks import CheckpointSaver
+from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist, ensure_tuple
 
@@ -182,15 +183,20 @@ class LossSpikeMonitor(Callback):
                                  f'the last checkpoint are those of the last finite step. Lower the learning rate, {hint}')
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
-        self._refuse_nonfinite_weights(state)
+        self._refuse_nonfinite_weights(state, Event.BATCH_CHECKPOINT)
 
     def epoch_checkpoint(self, state: State, logger: Logger) -> None:
-        self._refuse_nonfinite_weights(state)
+        self._refuse_nonfinite_weights(state, Event.EPOCH_CHECKPOINT)
 
     @torch.no_grad()
-    def _refuse_nonfinite_weights(self, state: State) -> None:
+    def _refuse_nonfinite_weights(self, state: State, event: Event) -> None:
         # Runs before Composer's checkpoint saver (always the last callback): a raise here means
         # no checkpoint of these weights, no rotation of older ones, and `latest` left alone.
+        # The checkpoint events come every batch: check (a pass over the weights and a
+        # collective) only when a saver saves now, as its own interval says (same on every rank).
+        savers = [cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)]
+        if not any(cb.save_interval(state, event) for cb in savers):
+            return
         if _any_rank(state, not all_finite(state.model.parameters())):
             raise NonFiniteLossError(f'non-finite weights at step {int(state.timestamp.batch)}: not saving a checkpoint '
                                      'of them; the last saved checkpoint is the last finite one')
