@@ -97,3 +97,30 @@ def test_nothing_weight_or_activation_sized_is_saved_beyond_the_plain_op(kind, g
         f.inputs = case.inputs
     assert saved_bytes(ours) == saved_bytes(plain) == 0  # only the inputs, by reference
     assert saved_bytes(unfused_) > 0  # what the unfused expression keeps: W̄, or the gathered rows
+
+
+CONSTANT = 0.25 ** 0.5 / 1.7  # not a power of two: rounding it to a low-precision dtype would show
+
+
+@pytest.mark.parametrize('kind', ['linear', 'embedding'])
+def test_a_fixed_constant_passes_gradcheck_and_saves_nothing_beyond_the_plain_op(kind):
+    x, w, _, idx = inputs(GAINS['scalar'])
+    if kind == 'linear':
+        assert torch.autograd.gradcheck(lambda x, w: scaled_linear(x, w, CONSTANT), (x, w))
+        ours, plain = (lambda: scaled_linear(x, w, CONSTANT)), (lambda: F.linear(x, w))
+    else:
+        assert torch.autograd.gradcheck(lambda w: scaled_embedding(idx, w, CONSTANT), (w,))
+        ours, plain = (lambda: scaled_embedding(idx, w, CONSTANT)), (lambda: F.embedding(idx, w))
+    ours.inputs = plain.inputs = [x, w, idx]
+    assert saved_bytes(ours) == saved_bytes(plain) == 0
+
+
+@pytest.mark.parametrize('kind', ['linear', 'embedding'])
+def test_a_fixed_constant_multiplies_unrounded_in_bf16_as_the_unfused_expression_does(kind):
+    x, w, _, idx = inputs(GAINS['scalar'], torch.float32, seed=3)
+    x = x.detach().to(torch.bfloat16)
+    if kind == 'linear':
+        got, want = scaled_linear(x, w, CONSTANT), F.linear(x, w.to(torch.bfloat16) * CONSTANT)
+    else:
+        got, want = scaled_embedding(idx, w.to(torch.bfloat16), CONSTANT), F.embedding(idx, w.to(torch.bfloat16)) * CONSTANT
+    assert torch.equal(got, want)

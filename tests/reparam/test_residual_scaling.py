@@ -16,3 +16,24 @@ def test_only_residual_roles_are_scaled_by_a_constant(role, scaled):
     assert m.weight.std().item() == pytest.approx(0.01 if scaled else target, rel=0.03)
     assert m.merged_weight().std().item() == pytest.approx(target, rel=0.03)
     assert [n for n, _ in m.named_parameters()] == ['weight'] and 'scale' not in m.state_dict()
+
+
+@pytest.mark.parametrize('kind', ['linear', 'embedding'])
+def test_the_scaled_matrix_saves_for_backward_only_what_a_plain_one_saves(kind):
+    import torch
+
+    def saved_elements(m, x):
+        n = 0
+        def pack(t):
+            nonlocal n
+            n += 0 if t.data_ptr() in (m.weight.data_ptr(), x.data_ptr()) else t.numel()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x)
+        return n
+
+    scaled = ResidualScaledMatrix(64, 32, 'o', kind, n_layers=8)
+    plain = ResidualScaledMatrix(64, 32, 'q', kind, n_layers=8)
+    x = torch.randn(4, 32) if kind == 'linear' else torch.randint(0, 64, (4, 8))
+    assert scaled.scale != 1.0 and plain.scale == 1.0
+    assert saved_elements(scaled, x) == saved_elements(plain, x) == 0

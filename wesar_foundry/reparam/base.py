@@ -112,9 +112,9 @@ class PlainMatrix(ReparamMatrix):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == 'linear':
-            return F.linear(x, self.effective_weight(x.dtype))
-        rows = F.embedding(x, self.weight)
-        return rows if self.scale == 1.0 else rows * self.scale
+            # A constant ≠ 1 goes through the gated op too: F.linear(x, c·W) would save c·W.
+            return F.linear(x, self.weight.to(x.dtype)) if self.scale == 1.0 else scaled_linear(x, self.weight, self.scale)
+        return F.embedding(x, self.weight) if self.scale == 1.0 else scaled_embedding(x, self.weight, self.scale)
 
     def stored_std(self, target_std: float, sigma: float) -> float:
         # The stored weight carries whatever of the target the constant does not.

@@ -18,6 +18,10 @@ are saved, where ``s * F.embedding(i, W)`` would save the gathered rows, an acti
 tensor. The forward computes exactly what the unfused expressions compute, in the same dtypes;
 ``s`` itself may be a function of W (Weight Normalization's g/‖w‖, σReparam's γ/σ): autograd
 carries ∂s on through that function as before.
+
+A fixed constant (Residual Scaling's 1/√(2N), the plain embedding's scale) is passed as a Python
+float instead of a tensor: it then multiplies in the op's own arithmetic, ``weight.to(dt) * c``,
+never rounded to the activation dtype first, and has no gradient.
 """
 
 from __future__ import annotations
@@ -32,44 +36,66 @@ def _gain_grad(g_weight: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor)
     return (rows.sum().reshape(1) if gain.numel() == 1 else rows).to(gain.dtype)
 
 
+def _scale(t: torch.Tensor, gain: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
+    """``gain ⊙ t`` in ``dtype``: a tensor gain is cast to ``dtype`` first, a float constant is not."""
+    t = t.to(dtype)
+    return t * gain if isinstance(gain, float) else gain.to(dtype) * t
+
+
 class _ScaledLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, gain)
-        return F.linear(x, gain.to(x.dtype) * weight.to(x.dtype))
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor | float) -> torch.Tensor:
+        if isinstance(gain, float):
+            ctx.save_for_backward(x, weight)
+            ctx.constant = gain
+        else:
+            ctx.save_for_backward(x, weight, gain)
+            ctx.constant = None
+        return F.linear(x, _scale(weight, gain, x.dtype))
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
-        x, weight, gain = ctx.saved_tensors
+        x, weight, *tensor_gain = ctx.saved_tensors
+        gain = ctx.constant if ctx.constant is not None else tensor_gain[0]
         dt = gy.dtype
         g_x = g_w = g_s = None
         if ctx.needs_input_grad[0]:
-            g_x = gy @ (gain.to(dt) * weight.to(dt))
+            g_x = gy @ _scale(weight, gain, dt)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             G = gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).to(dt)
             if ctx.needs_input_grad[1]:
-                g_w = (gain.to(dt) * G).to(weight.dtype)
+                g_w = _scale(G, gain, dt).to(weight.dtype)
             if ctx.needs_input_grad[2]:
                 g_s = _gain_grad(G, weight, gain)
         return g_x, g_w, g_s
 
 
+def _row_gains(gain: torch.Tensor | float, idx: torch.Tensor) -> torch.Tensor | float:
+    """The gain of each looked-up row: the scalar (or constant) itself, or the rows' own gains."""
+    return gain if isinstance(gain, float) or gain.numel() == 1 else F.embedding(idx, gain)
+
+
 class _ScaledEmbedding(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, idx: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(idx, weight, gain)
+    def forward(ctx, idx: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor | float) -> torch.Tensor:
+        if isinstance(gain, float):
+            ctx.save_for_backward(idx, weight)
+            ctx.constant = gain
+        else:
+            ctx.save_for_backward(idx, weight, gain)
+            ctx.constant = None
         rows = F.embedding(idx, weight)
-        s = gain if gain.numel() == 1 else F.embedding(idx, gain)  # per-row: the looked-up rows' gains
-        return s.to(rows.dtype) * rows
+        return _scale(rows, _row_gains(gain, idx), rows.dtype)
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
-        idx, weight, gain = ctx.saved_tensors
+        idx, weight, *tensor_gain = ctx.saved_tensors
+        gain = ctx.constant if ctx.constant is not None else tensor_gain[0]
         flat_idx, flat_gy = idx.reshape(-1), gy.reshape(-1, gy.shape[-1])
-        s = gain.to(gy.dtype) if gain.numel() == 1 else F.embedding(flat_idx, gain).to(gy.dtype)
         g_w = g_s = None
         if ctx.needs_input_grad[1]:
-            g_w = torch.zeros_like(weight).index_add_(0, flat_idx, (s * flat_gy).to(weight.dtype))
+            scaled = _scale(flat_gy, _row_gains(gain, flat_idx), gy.dtype)
+            g_w = torch.zeros_like(weight).index_add_(0, flat_idx, scaled.to(weight.dtype))
         if ctx.needs_input_grad[2]:
             # ⟨gy, W[i]⟩ per looked-up row, the rows gathered again (transiently), accumulated per token id.
             dots = torch.sum(flat_gy.float() * F.embedding(flat_idx, weight).float(), dim=1, keepdim=True)
@@ -79,11 +105,11 @@ class _ScaledEmbedding(torch.autograd.Function):
         return None, g_w, g_s
 
 
-def scaled_linear(x: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+def scaled_linear(x: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor | float) -> torch.Tensor:
     """``F.linear(x, gain ⊙ weight)`` in ``x``'s dtype; saves x, weight and gain only."""
     return _ScaledLinear.apply(x, weight, gain)
 
 
-def scaled_embedding(idx: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+def scaled_embedding(idx: torch.Tensor, weight: torch.Tensor, gain: torch.Tensor | float) -> torch.Tensor:
     """``gain[idx] ⊙ weight[idx]`` (or ``gain ⊙ weight[idx]`` for a scalar gain); saves idx, weight, gain."""
     return _ScaledEmbedding.apply(idx, weight, gain)
