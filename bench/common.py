@@ -47,6 +47,10 @@ class Preset:
 PRESETS = {
     # The tiny YAML's model (yamls/tiny/wesar.yaml) at batch 16: what a CPU user trains.
     'tiny': Preset(d_model=128, n_layers=4, n_heads=4, seq_len=128, batch_size=16, vocab_size=4096, bf16=False),
+    # A CPU shape where the matmuls dominate the step as they do on a GPU: d=512 makes every
+    # per-element cost (gates, norms, the optimizer) small beside the d² products, and seq 512
+    # gives attention its realistic share; batch 2 keeps one fp32 step near a second on one thread.
+    'matmul': Preset(d_model=512, n_layers=4, n_heads=8, seq_len=512, batch_size=2, vocab_size=4096, bf16=False),
     # The paper's 1.3B layer shapes (d=2048, 16 heads, seq 2048, vocab 32000) with few layers, so that
     # every variant fits one GPU at once and the whole run fits one short call.
     # Microbatch 8 and 8 microbatches per step: yamls/pretrain/1b on 8 GPUs (512 sequences, microbatch 8).
@@ -91,6 +95,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help='torch CPU threads (default: 1 on cpu: on a shared 2-core machine, 2 OpenMP threads '
                              'wait on each other and made steps 7x slower and erratic)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--compile', action='store_true',
+                        help="torch.compile every variant's model (what compile_config: {} does in a YAML); "
+                             'each compiles during the untimed warm-up steps')
 
 
 def resolve(args: argparse.Namespace) -> tuple[Preset, list[str]]:
@@ -149,11 +156,17 @@ def make_batch(preset: Preset, device: str, seed: int) -> dict[str, torch.Tensor
 
 
 def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, preset: Preset,
-              device: str) -> Callable[[], float]:
+              device: str, compile_: bool = False) -> Callable[[], float]:
     """One training step as Composer runs it: per microbatch forward, CE + z-loss and backward
-    (``preset.accum`` times, gradients accumulating), then the optimizer step and zero grads."""
+    (``preset.accum`` times, gradients accumulating), then the optimizer step and zero grads.
+    With ``compile_`` the forward (and so its backward) is ``torch.compile``d, as Composer does."""
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
     model.train()
+    if compile_:
+        # Every variant is the same class: without room for one graph per model instance, dynamo
+        # would fall back to eager after its default cache limit of 8.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        model = torch.compile(model)
 
     def step() -> float:
         for _ in range(preset.accum):

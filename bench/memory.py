@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         models[name] = build_model(name, preset, device)
         optimizers[name] = make_optimizer(args.optimizer, models[name])
-        steps[name] = make_step(models[name], optimizers[name], batch, preset, device)
+        steps[name] = make_step(models[name], optimizers[name], batch, preset, device, args.compile)
     failures = warm_up(steps, 1)  # creates the optimizer state: persistent from here on
     variants = [v for v in variants if v in steps]
 
@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f'\npeak memory, {describe_machine(device)}')
     print(f'preset: d={preset.d_model} N={preset.n_layers} heads={preset.n_heads} seq={preset.seq_len} '
-          f'batch={preset.batch_size}x{preset.accum} microbatches vocab={preset.vocab_size} {"bf16 autocast" if preset.bf16 else "fp32"}, '
+          f'batch={preset.batch_size}x{preset.accum} microbatches vocab={preset.vocab_size} {"bf16 autocast" if preset.bf16 else "fp32"}{", torch.compile" if args.compile else ", eager"}, '
           f'optimizer {args.optimizer}; median of {args.rounds} interleaved steps\n')
     print(format_table(rows))
     print_failures(failures)
     if args.out:
         Path(args.out).write_text(json.dumps({'machine': describe_machine(device), 'preset': asdict(preset),
-                                              'optimizer': args.optimizer, 'rows': rows,
+                                              'optimizer': args.optimizer, 'compile': args.compile, 'rows': rows,
                                               'failures': failures}, indent=2) + '\n')
     return 0
 

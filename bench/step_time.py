@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, flops, params = {}, {}, {}
     for name in variants:
         model = build_model(name, preset, device)
-        steps[name] = make_step(model, make_optimizer(args.optimizer, model), batch, preset, device)
+        steps[name] = make_step(model, make_optimizer(args.optimizer, model), batch, preset, device, args.compile)
         flops[name] = flops_per_token(model, preset)
         params[name] = param_count(model)
     failures = warm_up(steps, max(args.warmup, 1))
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f'\nstep time, {describe_machine(device)}')
     print(f'preset: d={preset.d_model} N={preset.n_layers} heads={preset.n_heads} seq={preset.seq_len} '
-          f'batch={preset.batch_size}x{preset.accum} microbatches vocab={preset.vocab_size} {"bf16 autocast" if preset.bf16 else "fp32"}, '
+          f'batch={preset.batch_size}x{preset.accum} microbatches vocab={preset.vocab_size} {"bf16 autocast" if preset.bf16 else "fp32"}{", torch.compile" if args.compile else ", eager"}, '
           f'optimizer {args.optimizer}; {rounds} interleaved rounds after {args.warmup} warm-up steps; '
           f'{"wall" if device.startswith("cuda") else "process CPU"} time per step\n')
     print(format_table(rows))
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({
             'machine': describe_machine(device), 'preset': asdict(preset),
-            'optimizer': args.optimizer, 'rounds': rounds, 'rows': rows, 'failures': failures,
+            'optimizer': args.optimizer, 'compile': args.compile, 'rounds': rounds, 'rows': rows, 'failures': failures,
             'times_s': times}, indent=2, default=str) + '\n')
     return 0
 

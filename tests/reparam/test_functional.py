@@ -124,3 +124,37 @@ def test_a_fixed_constant_multiplies_unrounded_in_bf16_as_the_unfused_expression
     else:
         got, want = scaled_embedding(idx, w.to(torch.bfloat16), CONSTANT), F.embedding(idx, w.to(torch.bfloat16)) * CONSTANT
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize('kind', ['linear', 'embedding'])
+@pytest.mark.parametrize('gain', GAINS)
+def test_under_torch_compile_nothing_more_is_saved_either(kind, gain):
+    """AOTAutograd's partitioner may keep any forward value it likes for the backward; the ops are
+    opaque to it, so it cannot choose W̄ (traced as plain code, it did)."""
+    case = Case(kind, gain)
+    if kind == 'linear':
+        ours = torch.compile(lambda: scaled_linear(case.x, case.w, case.s), backend='aot_eager', fullgraph=True)
+    else:
+        ours = torch.compile(lambda: scaled_embedding(case.idx, case.w, case.s), backend='aot_eager', fullgraph=True)
+    ours.inputs = case.inputs
+    ours()  # compile outside the hooks
+    assert saved_bytes(ours) == 0
+
+
+def test_under_bf16_autocast_the_output_is_what_autocast_gives_the_unfused_expression():
+    x, w, s, _ = inputs(GAINS['scalar'], torch.float32, seed=4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got, want = scaled_linear(x, w, s), unfused('linear', x, w, s, None)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize('gain', GAINS)
+def test_the_ops_torch_compile_sees_pass_gradcheck_too(gain):
+    """Compiled code reaches the maths through ``torch.library`` custom ops, eager code through an
+    autograd.Function: both routes are checked."""
+    from wesar_foundry.reparam.functional import _embedding, _linear
+    x, w, s, idx = inputs(GAINS[gain])
+    assert torch.autograd.gradcheck(lambda x, w, s: _linear(x, w, s, 1.0, x.dtype), (x, w, s))
+    assert torch.autograd.gradcheck(lambda w, s: _embedding(idx, w, s, 1.0), (w, s))
+    assert torch.autograd.gradcheck(lambda x, w: _linear(x, w, None, CONSTANT, x.dtype), (x, w))
