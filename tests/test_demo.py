@@ -9,6 +9,7 @@ import pytest
 
 from wesar_foundry.cli import main
 from wesar_foundry.demo import DemoConfig, run_demo
+from wesar_foundry.plot import read_metrics
 
 
 def test_demo_trains_both_methods_and_writes_the_report(tiny_data, tmp_path, capfd):
@@ -21,6 +22,10 @@ def test_demo_trains_both_methods_and_writes_the_report(tiny_data, tmp_path, cap
     assert sorted((r['method'], r['lr']) for r in runs) == [('small', 1e-3), ('small', 3e-3), ('wesar', 1e-3), ('wesar', 3e-3)]
     for r in runs:
         assert r['val_loss'] > 0 and r['train_loss'] > 0 and r['spikes'] == 0 and r['spread_median'] >= 1
+        # gate_health_monitor ran on every measured step and found nothing (bench/gate_health.py: the
+        # full-size demo is silent too).
+        warnings = read_metrics(r['metrics']).series['gate_health/warnings']
+        assert [s for s, _ in warnings] == [2, 4, 6] and {v for _, v in warnings} == {0}
     # WeSaR's update ratios are more uniform than Small init's from the first steps (method doc §1).
     spread = {r['method']: r['spread_median'] for r in runs if r['lr'] == 1e-3}
     assert spread['wesar'] < spread['small']

@@ -119,6 +119,7 @@ def run_config(cfg: DemoConfig, data: Path, method: str, seed: int, lr: float, r
         'callbacks': {
             'update_ratio_monitor': {'interval': cfg.ratio_interval, 'per_matrix': 'last_layer'},
             'loss_spike_monitor': {'warmup': max(cfg.warmup, 20), 'window': 20},
+            'gate_health_monitor': {'interval': cfg.ratio_interval},  # checks ratios on every measured step
         },
         'loggers': {'jsonl': {'path': str(run_dir / 'metrics.jsonl')}},
     }

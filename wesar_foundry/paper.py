@@ -168,6 +168,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
             # Why a run spikes: exact per-matrix update ratios, and the matrices that moved at a spike.
             'update_ratio_monitor': {'interval': 10},
             'loss_spike_monitor': {},
+            # Gates that change sign or shrink, matrices whose effective update ratio explodes.
+            'gate_health_monitor': {},
             # Precision left at its default, the training dtype (bf16 under amp_bf16).
             'wesar_hf_checkpointer': {'save_folder': '${variables.save_folder}', 'save_interval': HF_EXPORT_INTERVAL},
         },

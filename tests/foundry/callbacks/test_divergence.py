@@ -99,7 +99,7 @@ def test_skip_mode_drops_a_non_finite_step_as_if_its_batch_had_not_been_there(tr
     torch.save(state, tmp_path / 'without-batch-4.pt')
     reference = logged(train(train_cfg(*SKIP_RUN, 'max_duration=7ba', f'load_path={tmp_path / "without-batch-4.pt"}',
                                        f'run_name=ref-{tmp_path.name}')), 'loss/train/total')
-    assert [reference[s] for s in range(3, 7)] == pytest.approx([losses[s] for s in range(4, 8)], rel=1e-6)
+    assert [reference[s] for s in range(3, 7)] == pytest.approx([losses[s] for s in range(4, 8)], rel=1e-5)
 
 
 def test_skip_mode_stops_after_max_skips_consecutive_non_finite_steps(train_cfg, tmp_path):
