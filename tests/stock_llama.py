@@ -30,7 +30,7 @@ for name, path in spec['dirs'].items():
     prompt = ids[:, :4]
     mask = torch.ones_like(prompt)
     gens = [model.generate(prompt, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                           min_new_tokens=8) for _ in range(2)]
+                           min_new_tokens=8) for _ in range(2)] if spec['generate'] else []
     results[name] = {'class': type(model).__name__, 'model_type': model.config.model_type,
                      'logits': logits, 'generated': gens}
 results['_our_modules'] = sorted(m for m in sys.modules if m.split('.')[0] in ('wesar_foundry', 'tests'))
@@ -38,12 +38,13 @@ torch.save(results, spec['out'])
 '''
 
 
-def load_with_stock_transformers(dirs: dict[str, Path], input_ids: torch.Tensor, work: Path) -> dict:
-    """Run the loader subprocess on ``dirs`` (name → exported folder); return its results."""
+def load_with_stock_transformers(dirs: dict[str, Path], input_ids: torch.Tensor, work: Path, generate: bool = True) -> dict:
+    """Run the loader subprocess on ``dirs`` (name → exported folder); return its results
+    (``generate=False``: logits only, no ``generate`` runs)."""
     work.mkdir(parents=True, exist_ok=True)
     torch.save(input_ids, work / 'inputs.pt')
     spec = {'dirs': {k: str(v) for k, v in dirs.items()}, 'inputs': str(work / 'inputs.pt'),
-            'out': str(work / 'results.pt')}
+            'out': str(work / 'results.pt'), 'generate': generate}
     (work / 'spec.json').write_text(json.dumps(spec))
     (work / 'load.py').write_text(_SCRIPT)
     # -I: isolated mode (no cwd/PYTHONPATH on sys.path), run from the scratch folder.

@@ -37,3 +37,10 @@ def test_he_down_uses_the_mlp_fan_in():
 def test_unknown_role_or_target_is_refused_with_the_allowed_values(role, target):
     with pytest.raises(ValueError, match='allowed'):
         target_std(role, target, 64, 2)
+
+
+@pytest.mark.parametrize('target', ['he', 'small'])
+@pytest.mark.parametrize('fused, parts', [('qkv', ('q', 'k', 'v')), ('gate_up', ('gate', 'up'))])
+def test_a_fused_matrix_has_the_common_target_of_its_parts(target, fused, parts):
+    # Why one gate per fused matrix suffices: every part asks for the same std.
+    assert {target_std(p, target, 64, 4) for p in parts} == {target_std(fused, target, 64, 4)}

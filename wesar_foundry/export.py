@@ -1,4 +1,5 @@
-"""Merge a ``wesar_llama`` model into a stock Hugging Face ``LlamaForCausalLM`` (``model_type: llama``).
+"""Merge a ``wesar_llama`` model into a stock Hugging Face ``LlamaForCausalLM`` (``model_type: llama``),
+and a ``wesar_hf`` model into the stock class of its own ``model_type``.
 
 After training, every reparameterization is folded into its matrix, so the checkpoint has the base
 architecture and any inference library loads it:
@@ -23,6 +24,14 @@ multiplies, plus three bias vectors. Per layer that is 16d² weights instead of 
 instead of 8d²): about +33% non-embedding weights, memory and matmul FLOPs per token (+50% in the
 MLP), for outputs identical to the two-matrix model's. SwiGLU models (``mlp_type: swiglu``) map one
 to one onto Llama's MLP and export at no extra cost.
+
+**wesar_hf models** (any family of ``wesar_foundry.roles``) merge into transformers' own class
+for their config (``GPTNeoXForCausalLM``, ``Phi3ForCausalLM``, ...): the model was trained in
+that architecture, so no rewriting is needed. Each matrix becomes W̄ = s ⊙ W (a fused qkv or
+gate_up matrix has one gain, so its row layout does not matter), each bias is copied as it is (the
+gain scales W, not W x + b), and the norms and everything else are copied. The config is the
+training config without its ``wesar_hf`` entry. Tied embeddings are refused when the model is
+built, so there is never a tied wesar_hf model to merge.
 
 **Sharded checkpoints** (FSDP with ``state_dict_type: sharded``) are folders
 ``{save_folder}/ep{E}-ba{B}/`` of ``torch.distributed.checkpoint`` files: ``.metadata`` (written last,
@@ -63,11 +72,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig
 from transformers.integrations.accelerate import init_empty_weights
 
 from wesar_foundry.atomic import staged_dir
 from wesar_foundry.model.config import WeSaRLlamaConfig
+from wesar_foundry.model.hf import (
+    CONFIG_KEY, build_gated_model, from_checkpoint_config, is_gated_hf, stock_class, stock_config,
+)
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
 from wesar_foundry.reparam import ReparamMatrix
 
@@ -198,7 +210,7 @@ def merged_tensors(model: WeSaRLlamaForCausalLM, dtype: torch.dtype = torch.floa
     this runs under no_grad, so no power-iteration step is taken.
     """
     check_tied_gains(model)
-    gelu = model.config.mlp_type == 'gelu'
+    gelu = getattr(model.config, 'mlp_type', None) == 'gelu'  # wesar_llama only
     reparams = model.reparam_modules()
     owned = {f'{name}.{k}' for name, m in reparams.items() for k in m.state_dict()}
     # Everything that is not a reparameterized matrix (the RMSNorm gains) is copied as it is.
@@ -215,8 +227,12 @@ def merged_tensors(model: WeSaRLlamaForCausalLM, dtype: torch.dtype = torch.floa
         else:
             w = module.merged_weight()
         w = w.to(dtype)  # the single cast (a no-op for fp32)
+        bias = getattr(module, 'bias', None)  # wesar_hf's biased layers: copied as they are
+        bias = None if bias is None else bias.detach().to(dtype, copy=True)
         if release:
             _release(module)
+        if bias is not None:
+            yield name + '.bias', bias
         if gelu and name.endswith('.mlp.up_proj'):
             # Our up projection becomes Llama's gate_proj (the one the activation is applied to);
             # Llama's up_proj becomes the constant 1: zero weight, bias 1.
@@ -245,29 +261,43 @@ def merged_state_dict(model: WeSaRLlamaForCausalLM) -> dict[str, torch.Tensor]:
 
 
 def _check_wesar(model: Any) -> None:
-    if not isinstance(model, WeSaRLlamaForCausalLM):
-        raise ValueError(f'expected a WeSaRLlamaForCausalLM, got {type(model).__name__}')
+    if not isinstance(model, WeSaRLlamaForCausalLM) and not is_gated_hf(model):
+        raise ValueError(f'expected a WeSaRLlamaForCausalLM or a wesar_hf model, got {type(model).__name__}')
 
 
-def _empty_llama(config: LlamaConfig) -> LlamaForCausalLM:
+def stock_target(model: Any, dtype: torch.dtype = torch.float32, tokenizer=None) -> tuple[PretrainedConfig, type]:
+    """The stock config and class ``model`` merges into: Llama for wesar_llama, its own class for wesar_hf."""
+    _check_wesar(model)
+    if is_gated_hf(model):
+        return stock_config(model.config, dtype, tokenizer), stock_class(model.config)
+    return llama_config(model.config, dtype, tokenizer), LlamaForCausalLM
+
+
+def _empty_llama(config: PretrainedConfig, cls: type = LlamaForCausalLM):
     with init_empty_weights():  # parameters on meta: the merged tensors are assigned or saved as they are
-        return LlamaForCausalLM(config)
+        return cls(config)
 
 
-def _check_keys(llama: LlamaForCausalLM, state: dict[str, torch.Tensor], skip: Sequence[str] = ()) -> None:
+def _check_keys(llama, state: dict[str, torch.Tensor], skip: Sequence[str] = ()) -> None:
     expected = {k for k in llama.state_dict() if k.rsplit('.', 1)[0] not in skip}
     if set(state) != expected:
-        raise RuntimeError(f'merged state dict does not match LlamaForCausalLM: missing {sorted(expected - set(state))}, '
-                           f'unexpected {sorted(set(state) - expected)}')
+        raise RuntimeError(f'merged state dict does not match {type(llama).__name__}: missing '
+                           f'{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}')
 
 
 @torch.no_grad()
 def to_llama(model: WeSaRLlamaForCausalLM, dtype: torch.dtype = torch.float32, tokenizer=None) -> LlamaForCausalLM:
-    """A stock ``LlamaForCausalLM`` in ``dtype`` computing what ``model`` computes in eval mode."""
+    """A stock ``LlamaForCausalLM`` in ``dtype`` computing what ``model`` computes in eval mode
+    (for a wesar_hf model: the stock model of its own class, see ``to_stock``)."""
+    return to_stock(model, dtype, tokenizer)
+
+
+@torch.no_grad()
+def to_stock(model: Any, dtype: torch.dtype = torch.float32, tokenizer=None):
+    """The stock transformers model (``stock_target``) in ``dtype`` computing what ``model`` computes in eval mode."""
     dtype = parse_dtype(dtype)
-    _check_wesar(model)
-    config = llama_config(model.config, dtype, tokenizer)
-    llama = _empty_llama(config)
+    config, cls = stock_target(model, dtype, tokenizer)
+    llama = _empty_llama(config, cls)
     # Cast tensor by tensor: no fp32 copy of the whole merged model.
     state = dict(merged_tensors(model, dtype))
     _check_keys(llama, state)
@@ -314,7 +344,8 @@ def save_llama(llama: LlamaForCausalLM, out_dir: str | os.PathLike, tokenizer=No
 def export_model(model: WeSaRLlamaForCausalLM, out_dir: str | os.PathLike, tokenizer=None,
                  dtype: str | torch.dtype = 'fp32', force: bool = False, protect: tuple = (), *,
                  release: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
-    """Merge ``model`` and write a stock Llama checkpoint (+ tokenizer) to ``out_dir``.
+    """Merge ``model`` and write a stock Llama checkpoint (+ tokenizer) to ``out_dir`` (a wesar_hf
+    model: a stock checkpoint of its own model_type).
 
     The merged tensors are handed to ``save_pretrained`` directly, with no Llama module holding
     them. ``release``: free each of ``model``'s matrices once merged (``model`` is unusable
@@ -323,10 +354,9 @@ def export_model(model: WeSaRLlamaForCausalLM, out_dir: str | os.PathLike, token
     dtype = parse_dtype(dtype)
     max_shard_size = parse_shard_size(max_shard_size)
     check_output_dir(out_dir, force, protect)  # fail before any work
-    _check_wesar(model)
-    config = llama_config(model.config, dtype, tokenizer)
+    config, cls = stock_target(model, dtype, tokenizer)
     # save_pretrained records the dtype of the model's parameters in config.json: meta, in `dtype`.
-    llama = _empty_llama(config).to(dtype)
+    llama = _empty_llama(config, cls).to(dtype)
     # A tied Llama stores one matrix, the embedding (check_tied_gains: the head's W̄ equals it).
     skip = ('lm_head',) if config.tie_word_embeddings else ()
     state = dict(merged_tensors(model, dtype, release=release, skip=skip))
@@ -483,21 +513,23 @@ def _load_composer_state(path: Path) -> dict:
     return state
 
 
-def _wesar_config(state: dict, path: Path) -> WeSaRLlamaConfig:
+def _wesar_config(state: dict, path: Path) -> PretrainedConfig:
     content = dict(state['integrations']['huggingface']['model']['config']['content'])
     model_type = content.get('model_type')
+    if CONFIG_KEY in content:  # a wesar_hf model: the stock model_type plus its options
+        return from_checkpoint_config(content)
     if model_type != WeSaRLlamaConfig.model_type:
         raise ValueError(f'{path} is not a wesar-foundry checkpoint: its model_type is {model_type!r}, '
-                         f'expected {WeSaRLlamaConfig.model_type!r}')
+                         f'expected {WeSaRLlamaConfig.model_type!r} (or a wesar_hf config)')
     return WeSaRLlamaConfig.from_dict(content)
 
 
-def _load_weights(config: WeSaRLlamaConfig, model_state: dict[str, Any], path: Path) -> WeSaRLlamaForCausalLM:
+def _load_weights(config: PretrainedConfig, model_state: dict[str, Any], path: Path):
     # Composer stores the HF model under the wrapper's attribute `model`.
     prefix = 'model.'
     weights = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     with init_empty_weights():  # parameters on meta: no second copy of the weights in memory
-        model = WeSaRLlamaForCausalLM(config)
+        model = build_gated_model(config) if hasattr(config, CONFIG_KEY) else WeSaRLlamaForCausalLM(config)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
@@ -513,7 +545,8 @@ def _load_weights(config: WeSaRLlamaConfig, model_state: dict[str, Any], path: P
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | torch.dtype | None = None,
                       force: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
-    """``wesar-foundry export``: a saved Composer checkpoint → a stock Llama checkpoint + tokenizer.
+    """``wesar-foundry export``: a saved Composer checkpoint → a stock Llama checkpoint + tokenizer
+    (for a wesar_hf model: a stock checkpoint of its own model_type).
 
     ``checkpoint`` is a sharded checkpoint folder (``<save_folder>/ep<E>-ba<B>``, FSDP's
     ``state_dict_type: sharded``), a save folder (its ``latest-sharded-rank0`` checkpoint, else its

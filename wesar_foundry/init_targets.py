@@ -16,6 +16,12 @@ import math
 ROLES = ('emb', 'q', 'k', 'v', 'o', 'up', 'gate', 'down', 'head')
 TARGETS = ('he', 'small')
 
+# Fused matrices (GPT-NeoX's and Phi-3's query_key_value/qkv_proj, Phi-3's gate_up_proj): row
+# blocks of the roles named here, in one stored matrix. Their target is the parts' common target
+# (``target_std``); every target here gives the parts of each the same std.
+FUSED_ROLES = {'qkv': ('q', 'k', 'v'), 'gate_up': ('gate', 'up')}
+MATRIX_ROLES = ROLES + tuple(FUSED_ROLES)
+
 # Roles whose output is added to the residual stream: GPT-2-style inits shrink them by 1/√(2N).
 RESIDUAL_ROLES = ('o', 'down')
 
@@ -51,8 +57,10 @@ def target_std(role: str, target: str, d_model: int, n_layers: int, fan_in: int 
     ``fan_in`` matters only for ``down`` under He (4d for the paper's GeLU MLP; the SwiGLU hidden
     size otherwise); it defaults to 4·d_model.
     """
+    if role in FUSED_ROLES:
+        return fused_target_std(role, target, d_model, n_layers)
     if role not in ROLES:
-        raise ValueError(f'role={role!r} is not a known matrix role; allowed: {", ".join(ROLES)}')
+        raise ValueError(f'role={role!r} is not a known matrix role; allowed: {", ".join(MATRIX_ROLES)}')
     if role == 'emb':
         return 1.0
     base = base_std(target, d_model)
@@ -64,3 +72,18 @@ def target_std(role: str, target: str, d_model: int, n_layers: int, fan_in: int 
     # He for W_d: fan-in 4d, gain 2, then /√(2N): √(2 / (fan_in · 2N)).
     fan_in = 4 * d_model if fan_in is None else fan_in
     return math.sqrt(2.0 / fan_in) / depth
+
+
+def fused_target_std(role: str, target: str, d_model: int, n_layers: int) -> float:
+    """σ_i of a fused matrix (``qkv``, ``gate_up``): the common target of its parts.
+
+    One gate per fused matrix then reproduces every part's target exactly. If a target ever gave
+    the parts different stds this raises, naming them: such a matrix would need one gain per
+    row block, not one gate.
+    """
+    parts = FUSED_ROLES[role]
+    stds = {p: target_std(p, target, d_model, n_layers) for p in parts}
+    if len(set(stds.values())) > 1:
+        raise ValueError(f'fused role {role!r}: target {target!r} gives its parts different stds {stds}; '
+                         'one gate per matrix cannot express that')
+    return stds[parts[0]]

@@ -54,5 +54,6 @@ def overrides(data: Path, save_folder: Path, run_name: str, world_size: int, *ex
     ]
 
 
-def load(reparam: str, dotlist: list[str]) -> DictConfig:
-    return OmegaConf.merge(OmegaConf.load(paper_yaml(reparam)), OmegaConf.from_dotlist(dotlist))
+def load(reparam: str, dotlist: list[str], yaml: str | None = None) -> DictConfig:
+    """``yaml`` (default: the paper YAML of ``reparam``) with the dotlist applied."""
+    return OmegaConf.merge(OmegaConf.load(yaml or paper_yaml(reparam)), OmegaConf.from_dotlist(dotlist))

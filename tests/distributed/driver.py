@@ -1,7 +1,8 @@
 """Runs under ``composer -n 2``: llm-foundry's ``train()`` for each job of a JSON spec, then saves
 what the tests compare (logged metrics, the monitors' state, logits of the trained model).
 
-A job: ``{"reparam", "overrides", "cwd", "out"}``; ``overrides`` is a dotlist for the paper YAML.
+A job: ``{"reparam", "overrides", "cwd", "out"}`` and optionally ``"yaml"``; ``overrides`` is a dotlist
+for that YAML (default: the paper YAML of ``reparam``).
 Two test-only callbacks are registered here:
 
 - ``test_gloo_grad_average``: torch 2.7's FSDP2 asks reduce-scatter for AVG, which gloo answers
@@ -92,7 +93,7 @@ def main(spec: str) -> None:
     for job in json.loads(Path(spec).read_text()):
         Path(job['cwd']).mkdir(parents=True, exist_ok=True)
         os.chdir(job['cwd'])
-        trainer = train(load(job['reparam'], job['overrides']))
+        trainer = train(load(job['reparam'], job['overrides'], job.get('yaml')))
         out = collect(trainer)
         trainer.close()
         if dist.get_global_rank() == 0:

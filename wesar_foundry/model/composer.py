@@ -1,4 +1,6 @@
-"""``WeSaRComposerModel``: the Composer wrapper llm-foundry builds for ``name: wesar_llama``.
+"""The Composer wrappers llm-foundry builds: ``WeSaRComposerModel`` for ``name: wesar_llama``,
+``WeSaRHFComposerModel`` for ``name: wesar_hf`` (any supported HF family); both are a
+``ReparamComposerModel``.
 
 Loss = cross-entropy + z_loss · mean(logsumexp(logits)²), both means over non-ignored tokens;
 Composer backpropagates ``total`` and logs ``loss/train/ce`` and ``loss/train/z_loss`` apart.
@@ -6,7 +8,7 @@ Composer backpropagates ``total`` and logs ``loss/train/ce`` and ``loss/train/z_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,7 +18,9 @@ from composer.models import HuggingFaceModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from wesar_foundry.model.config import WeSaRModelConfig
+from wesar_foundry.model.hf import WeSaRHFOptions, build_hf_config, gated_class, stock_class
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
+from wesar_foundry.reparam import ReparamMatrix
 
 IGNORE_INDEX = -100
 INIT_DEVICES = ('cpu', 'meta', 'mixed')
@@ -26,6 +30,22 @@ def resolve_init_fn(name: str):
     """The init function registered under ``name`` in llm-foundry's ``param_init_fns``."""
     from llmfoundry.registry import param_init_fns
     return param_init_fns.get(name)
+
+
+def eval_metrics() -> list:
+    """Cross-entropy and perplexity, plus llm-foundry's in-context-learning metrics.
+
+    Composer runs an ``icl_tasks`` evaluator only on the model's metrics that its ``metric_names``
+    name, and silently skips an evaluator that names none; llm-foundry's ``train()`` keeps the ICL
+    metrics off the plain eval loader itself.
+    """
+    from llmfoundry.eval.metrics import (
+        InContextLearningLMAccuracy, InContextLearningLMExpectedCalibrationError,
+        InContextLearningMCExpectedCalibrationError, InContextLearningMultipleChoiceAccuracy,
+    )
+    return [LanguageCrossEntropy(ignore_index=IGNORE_INDEX), LanguagePerplexity(ignore_index=IGNORE_INDEX),
+            InContextLearningLMAccuracy(), InContextLearningLMExpectedCalibrationError(),
+            InContextLearningMCExpectedCalibrationError(), InContextLearningMultipleChoiceAccuracy()]
 
 
 def lm_losses(logits: torch.Tensor, labels: torch.Tensor, z_loss: float) -> dict[str, torch.Tensor]:
@@ -43,50 +63,53 @@ def lm_losses(logits: torch.Tensor, labels: torch.Tensor, z_loss: float) -> dict
     return {'total': ce + z_loss * z, 'ce': ce, 'z_loss': z}
 
 
-class WeSaRComposerModel(HuggingFaceModel):
-    """A Composer model around ``WeSaRLlamaForCausalLM``; every ``model:`` YAML key but
-    ``name``/``init_device`` is a ``WeSaRModelConfig`` field."""
+def resolve_init_device(init_device: str) -> str:
+    """``cpu`` or ``meta``: ``mixed`` is cpu on global rank 0 and meta elsewhere."""
+    if init_device not in INIT_DEVICES:
+        raise ValueError(f'model.init_device={init_device!r}; allowed: {", ".join(INIT_DEVICES)}')
+    if init_device == 'mixed':
+        from composer.utils import dist
+        return 'cpu' if dist.get_global_rank() == 0 else 'meta'
+    return init_device
+
+
+def attach_init_and_fsdp_hooks(model: torch.nn.Module, init_fn, *, n_layers: int, d_model: int, init_kwargs: dict,
+                               is_block: Callable[[torch.nn.Module], bool], init_device: str) -> None:
+    """Give ``model`` Composer's FSDP hooks and, unless it is on meta, initialize it now.
+
+    ``param_init_fn`` initializes one module (what it owns directly): Composer's FSDP
+    materializes a meta model one module at a time and calls it. Decoder blocks (``is_block``)
+    are the FSDP and activation-checkpointing units.
+    """
+    def param_init_fn(module: torch.nn.Module) -> None:
+        init_fn(module=module, n_layers=n_layers, d_model=d_model, **init_kwargs)
+
+    model.param_init_fn = param_init_fn
+    model.fsdp_wrap_fn = is_block
+    model.activation_checkpointing_fn = is_block
+    if init_device != 'meta':
+        model.apply(param_init_fn)
+
+
+class ReparamComposerModel(HuggingFaceModel):
+    """The Composer wrapper of a causal LM with reparameterized matrices: loss with z-loss, LM
+    metrics, FLOPs. Subclasses build the HF model and call this ``__init__``."""
 
     # The keys of ``loss()``: Composer logs each as ``loss/train/<key>``.
     loss_names = ('total', 'ce', 'z_loss')
 
-    def __init__(self, tokenizer=None, init_device: str = 'cpu', **model_kwargs: Any):
-        cfg = WeSaRModelConfig.from_kwargs(model_kwargs)
-        if init_device not in INIT_DEVICES:
-            raise ValueError(f'model.init_device={init_device!r}; allowed: {", ".join(INIT_DEVICES)}')
-        if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
-            raise ValueError(
-                f'model.vocab_size={cfg.vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens); '
-                f'set model.vocab_size >= {len(tokenizer)}')
-        init_fn = resolve_init_fn(cfg.init_name)
-        self.wesar_config = cfg
-
-        hf_config = cfg.to_hf_config()
-        if init_device == 'mixed':
-            from composer.utils import dist
-            init_device = 'cpu' if dist.get_global_rank() == 0 else 'meta'
-        with torch.device('meta') if init_device == 'meta' else torch.device('cpu'):
-            model = WeSaRLlamaForCausalLM(hf_config)
-        init_kwargs = {k: v for k, v in cfg.init_config.items() if k != 'name'}
-
-        def param_init_fn(module: torch.nn.Module) -> None:
-            init_fn(module=module, n_layers=cfg.n_layers, d_model=cfg.d_model, **init_kwargs)
-
-        # Composer's FSDP materializes a meta model one module at a time and calls this.
-        model.param_init_fn = param_init_fn
-        model.fsdp_wrap_fn = lambda m: isinstance(m, LlamaDecoderLayer)
-        model.activation_checkpointing_fn = lambda m: isinstance(m, LlamaDecoderLayer)
-        if init_device != 'meta':
-            model.apply(param_init_fn)
-
+    def __init__(self, model, tokenizer, *, z_loss: float, use_train_metrics: bool, n_layers: int, d_model: int):
         metrics = lambda: [LanguageCrossEntropy(ignore_index=IGNORE_INDEX), LanguagePerplexity(ignore_index=IGNORE_INDEX)]  # noqa: E731
         super().__init__(
             model=model, tokenizer=tokenizer, use_logits=True, shift_labels=True,
-            metrics=metrics() if cfg.use_train_metrics else [], eval_metrics=metrics(),
+            metrics=metrics() if use_train_metrics else [], eval_metrics=eval_metrics(),
         )
-        self.z_loss = float(cfg.z_loss)
+        self.z_loss = float(z_loss)
+        self._n_layers, self._d_model = n_layers, d_model
         # Counted once: speed_monitor asks for FLOPs every batch. The embedding is a lookup.
-        self._matmul_params = sum(p.numel() for n, p in model.named_parameters() if 'embed_tokens' not in n)
+        lookups = {id(p) for m in model.modules() if isinstance(m, ReparamMatrix) and m.kind == 'embedding'
+                   for p in m.parameters()}
+        self._matmul_params = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         # Labels stay out of the HF forward, so it computes no loss of its own.
@@ -106,5 +129,58 @@ class WeSaRComposerModel(HuggingFaceModel):
     def flops_per_batch(self, batch: Mapping) -> int:
         # 6·N·tokens for the matmuls plus attention: what MFU callbacks need.
         bs, seq = batch['input_ids'].shape[:2]
-        attn = 12 * self.wesar_config.n_layers * self.wesar_config.d_model * seq  # fwd+bwd QK^T and AV
+        attn = 12 * self._n_layers * self._d_model * seq  # fwd+bwd QK^T and AV
         return (6 * self._matmul_params + attn) * bs * seq
+
+
+class WeSaRComposerModel(ReparamComposerModel):
+    """A Composer model around ``WeSaRLlamaForCausalLM``; every ``model:`` YAML key but
+    ``name``/``init_device`` is a ``WeSaRModelConfig`` field."""
+
+    def __init__(self, tokenizer=None, init_device: str = 'cpu', **model_kwargs: Any):
+        cfg = WeSaRModelConfig.from_kwargs(model_kwargs)
+        if init_device not in INIT_DEVICES:
+            raise ValueError(f'model.init_device={init_device!r}; allowed: {", ".join(INIT_DEVICES)}')
+        if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
+            raise ValueError(
+                f'model.vocab_size={cfg.vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens); '
+                f'set model.vocab_size >= {len(tokenizer)}')
+        init_fn = resolve_init_fn(cfg.init_name)
+        self.wesar_config = cfg
+
+        init_device = resolve_init_device(init_device)
+        with torch.device('meta') if init_device == 'meta' else torch.device('cpu'):
+            model = WeSaRLlamaForCausalLM(cfg.to_hf_config())
+        attach_init_and_fsdp_hooks(
+            model, init_fn, n_layers=cfg.n_layers, d_model=cfg.d_model,
+            init_kwargs={k: v for k, v in cfg.init_config.items() if k != 'name'},
+            is_block=lambda m: isinstance(m, LlamaDecoderLayer), init_device=init_device)
+        super().__init__(model, tokenizer, z_loss=cfg.z_loss, use_train_metrics=cfg.use_train_metrics,
+                         n_layers=cfg.n_layers, d_model=cfg.d_model)
+
+
+class WeSaRHFComposerModel(ReparamComposerModel):
+    """A Composer model around a stock HF causal decoder with reparameterized matrices
+    (``wesar_foundry.model.hf``); every ``model:`` YAML key but ``name``/``init_device`` is a
+    ``WeSaRHFOptions`` field."""
+
+    def __init__(self, tokenizer=None, init_device: str = 'cpu', **model_kwargs: Any):
+        opts = WeSaRHFOptions.from_kwargs(model_kwargs)
+        init_device = resolve_init_device(init_device)
+        config = build_hf_config(opts, tokenizer)
+        init_fn = resolve_init_fn(opts.init_name)
+        self.wesar_options = opts
+
+        # The class first: transformers imports its module lazily, which fails under the meta device.
+        cls = gated_class(stock_class(config))
+        with torch.device('meta') if init_device == 'meta' else torch.device('cpu'):
+            model = cls(config)
+        # The decoder blocks transformers itself never splits (LlamaDecoderLayer, GPTNeoXLayer, ...).
+        blocks = tuple(model._no_split_modules or ())
+        n_layers, d_model = config.num_hidden_layers, config.hidden_size
+        attach_init_and_fsdp_hooks(
+            model, init_fn, n_layers=n_layers, d_model=d_model,
+            init_kwargs={k: v for k, v in opts.init_config.items() if k != 'name'},
+            is_block=lambda m: type(m).__name__ in blocks, init_device=init_device)
+        super().__init__(model, tokenizer, z_loss=opts.z_loss, use_train_metrics=opts.use_train_metrics,
+                         n_layers=n_layers, d_model=d_model)

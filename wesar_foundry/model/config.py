@@ -25,8 +25,52 @@ def _allowed(key: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f'model.{key}={value!r} is not allowed; allowed values: {", ".join(map(str, allowed))}')
 
 
+class ReparamKeys:
+    """The keys every reparameterized model shares (``reparam``, ``init_config``, ``z_loss``,
+    ``sigma_reparam_gamma_init``, ``attn_implementation``): derived values and checks. Mixed into
+    the option dataclasses of ``wesar_llama`` and ``wesar_hf``."""
+
+    @property
+    def init_name(self) -> str:
+        return self.init_config.get('name', 'wesar_')
+
+    @property
+    def init_target(self) -> str:
+        """The target init: the init function's name for he/small, else init_config.target."""
+        if self.init_name in TARGETS:
+            return self.init_name
+        return self.init_config.get('target', 'he')
+
+    @property
+    def sigma(self) -> float:
+        return check_sigma(self.init_config.get('sigma2', 4e-5))
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.init_config.get('sigma2', 4e-5))
+
+    def validate_reparam_keys(self) -> None:
+        """Raise a ValueError naming the key and the allowed values for a bad shared key."""
+        _allowed('reparam', self.reparam, REPARAMS)
+        _allowed('sigma_reparam_gamma_init', self.sigma_reparam_gamma_init, GAMMA_INITS)
+        _allowed('attn_implementation', self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        if not (isinstance(self.z_loss, (int, float)) and self.z_loss >= 0 and math.isfinite(self.z_loss)):
+            raise ValueError(f'model.z_loss={self.z_loss!r} must be a finite number >= 0 (the paper uses 1e-4)')
+        if not isinstance(self.init_config, dict):
+            raise ValueError(f'model.init_config must be a mapping with keys {", ".join(INIT_CONFIG_KEYS)}')
+        unknown = sorted(set(self.init_config) - set(INIT_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f'unknown model.init_config key(s) {", ".join(unknown)}; allowed keys: {", ".join(INIT_CONFIG_KEYS)}')
+        if self.init_name not in INIT_NAMES:
+            raise ValueError(f'model.init_config.name={self.init_name!r} is not a wesar-foundry init; allowed: {", ".join(INIT_NAMES)}')
+        if self.init_name in TARGETS and 'target' in self.init_config and self.init_config['target'] != self.init_name:
+            raise ValueError(f'model.init_config.target={self.init_config["target"]!r} contradicts init_config.name={self.init_name!r}')
+        check_target(self.init_target, 'model.init_config.target')
+        check_sigma(self.init_config.get('sigma2', 4e-5), 'model.init_config.sigma2')
+
+
 @dataclass
-class WeSaRModelConfig:
+class WeSaRModelConfig(ReparamKeys):
     """Every key the ``wesar_llama`` model accepts under ``model:`` in a YAML."""
 
     d_model: int = 768
@@ -70,21 +114,6 @@ class WeSaRModelConfig:
         return cfg
 
     @property
-    def init_name(self) -> str:
-        return self.init_config.get('name', 'wesar_')
-
-    @property
-    def init_target(self) -> str:
-        """The target init: the init function's name for he/small, else init_config.target."""
-        if self.init_name in TARGETS:
-            return self.init_name
-        return self.init_config.get('target', 'he')
-
-    @property
-    def sigma(self) -> float:
-        return check_sigma(self.init_config.get('sigma2', 4e-5))
-
-    @property
     def ffn_hidden(self) -> int:
         return int(round(self.expansion_ratio * self.d_model))
 
@@ -97,26 +126,11 @@ class WeSaRModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f'model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}')
         _allowed('mlp_type', self.mlp_type, MLP_TYPES)
-        _allowed('reparam', self.reparam, REPARAMS)
-        _allowed('sigma_reparam_gamma_init', self.sigma_reparam_gamma_init, GAMMA_INITS)
-        _allowed('attn_implementation', self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        self.validate_reparam_keys()
         if not self.expansion_ratio > 0:
             raise ValueError(f'model.expansion_ratio={self.expansion_ratio!r} must be > 0')
         if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
             raise ValueError('model.rms_norm_eps and model.rope_theta must be > 0')
-        if not (isinstance(self.z_loss, (int, float)) and self.z_loss >= 0 and math.isfinite(self.z_loss)):
-            raise ValueError(f'model.z_loss={self.z_loss!r} must be a finite number >= 0 (the paper uses 1e-4)')
-        if not isinstance(self.init_config, dict):
-            raise ValueError(f'model.init_config must be a mapping with keys {", ".join(INIT_CONFIG_KEYS)}')
-        unknown = sorted(set(self.init_config) - set(INIT_CONFIG_KEYS))
-        if unknown:
-            raise ValueError(f'unknown model.init_config key(s) {", ".join(unknown)}; allowed keys: {", ".join(INIT_CONFIG_KEYS)}')
-        if self.init_name not in INIT_NAMES:
-            raise ValueError(f'model.init_config.name={self.init_name!r} is not a wesar-foundry init; allowed: {", ".join(INIT_NAMES)}')
-        if self.init_name in TARGETS and 'target' in self.init_config and self.init_config['target'] != self.init_name:
-            raise ValueError(f'model.init_config.target={self.init_config["target"]!r} contradicts init_config.name={self.init_name!r}')
-        check_target(self.init_target, 'model.init_config.target')
-        check_sigma(self.init_config.get('sigma2', 4e-5), 'model.init_config.sigma2')
         if self.tie_word_embeddings:
             raise ValueError(
                 f'model.tie_word_embeddings=True is not allowed (model.reparam={self.reparam!r}): the embedding output '

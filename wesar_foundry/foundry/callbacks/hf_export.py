@@ -1,11 +1,12 @@
-"""``wesar_hf_checkpointer``: llm-foundry's ``hf_checkpointer`` writing merged stock-Llama checkpoints.
+"""``wesar_hf_checkpointer``: llm-foundry's ``hf_checkpointer`` writing merged stock checkpoints.
 
 A subclass of llm-foundry's ``HuggingFaceCheckpointer`` that keeps all of its behaviour
 (``save_folder`` local or remote, ``save_interval`` plus the end of training,
 ``huggingface_folder_name``, MLflow registration with ``mlflow_registered_model_name``, and under
 FSDP the full-state-dict gathering on rank 0) and changes only what is saved: the gathered
 ``wesar_llama`` model is merged into a stock ``LlamaForCausalLM`` (``model_type: llama``, see
-``wesar_foundry.export``) before ``save_pretrained``.
+``wesar_foundry.export``) before ``save_pretrained``; a ``wesar_hf`` model into the stock class of
+its own ``model_type``.
 
     callbacks:
       wesar_hf_checkpointer:
@@ -24,7 +25,8 @@ from composer.loggers import Logger
 from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-from wesar_foundry.export import check_tied_gains, parse_dtype, to_llama, training_dtype
+from wesar_foundry.export import check_tied_gains, parse_dtype, to_stock, training_dtype
+from wesar_foundry.model.hf import is_gated_hf
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
 
 __all__ = ['WeSaRHuggingFaceCheckpointer']
@@ -40,7 +42,7 @@ def _inner_model(state: State):
 
 
 class WeSaRHuggingFaceCheckpointer(HuggingFaceCheckpointer):
-    """``HuggingFaceCheckpointer`` for ``wesar_llama`` models that saves the merged stock Llama.
+    """``HuggingFaceCheckpointer`` for ``wesar_llama`` and ``wesar_hf`` models that saves the merged stock model.
 
     Args are those of llm-foundry's ``hf_checkpointer``, except ``precision``: ``float32``,
     ``bfloat16`` or ``float16`` (``fp32``/``bf16``/``fp16`` too), default ``None`` = the training
@@ -59,9 +61,9 @@ class WeSaRHuggingFaceCheckpointer(HuggingFaceCheckpointer):
         if event == Event.INIT:
             # Refuse at the start of training rather than at the first save.
             model = _inner_model(state)
-            if not isinstance(model, WeSaRLlamaForCausalLM):
-                raise ValueError(f'wesar_hf_checkpointer exports wesar_llama models only; got {type(model).__name__}. '
-                                 'Use llm-foundry\'s hf_checkpointer for other models')
+            if not isinstance(model, WeSaRLlamaForCausalLM) and not is_gated_hf(model):
+                raise ValueError(f'wesar_hf_checkpointer exports wesar_llama and wesar_hf models only; got '
+                                 f'{type(model).__name__}. Use llm-foundry\'s hf_checkpointer for other models')
             check_tied_gains(model)
         super().run_event(event, state, logger)
         if event == Event.INIT and self.using_peft:
@@ -74,4 +76,4 @@ class WeSaRHuggingFaceCheckpointer(HuggingFaceCheckpointer):
 
     def transform_model_and_tokenizer(self, model, tokenizer):
         # Called on global rank 0 with a copy of the model holding the gathered fp32 state dict.
-        return to_llama(model, self._save_dtype, tokenizer), tokenizer
+        return to_stock(model, self._save_dtype, tokenizer), tokenizer

@@ -168,6 +168,8 @@ class UpdateRatioMonitor(Callback):
                 full = f'{name}.{pname}'
                 if pname == 'weight':
                     e = Entry(full, 'raw', module.role, layer, True)
+                elif pname == 'bias':  # a wesar_hf layer's bias: a stored vector, not a gate
+                    e = Entry(full, 'raw', module.role, layer, False)
                 else:
                     e = Entry(full, 'gate', module.role, layer, False)
                 if raw and self._wanted(full):

@@ -1,0 +1,240 @@
+"""``wesar_hf``: a stock Hugging Face causal decoder, built from its config, every matrix reparameterized.
+
+The architecture comes from a config (a hub name or a local folder with ``config.json``, or offline
+a ``model_type`` plus size keys in ``config_overrides``); weights are never loaded: WeSaR trains
+from scratch. The model is transformers' own class for that ``model_type`` (``LlamaForCausalLM``,
+``GPTNeoXForCausalLM``, ...) through a subclass (``gated_class``) that, after the stock
+``__init__``, replaces every ``nn.Linear``/``nn.Embedding`` by the chosen reparameterization. The
+role of each matrix (and so its target std) comes from ``wesar_foundry.roles``; a bias stays a
+bias (``with_bias``). Module and parameter names are the stock ones plus each method's gains
+(``model.layers.0.self_attn.q_proj.alpha``), so the merge is a state dict of the stock class.
+
+The reparameterization options travel inside the HF config, as one extra attribute ``wesar_hf``
+(a dict: reparam, init target, σ², σReparam's γ init, role overrides). Whatever rebuilds the model
+from its config (llm-foundry's HF checkpointer, ``wesar-foundry export`` from a Composer
+checkpoint) therefore rebuilds the gated model, not the stock one.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from wesar_foundry.model.config import ReparamKeys
+from wesar_foundry.model.init import claims
+from wesar_foundry.model.modeling import ReparamModelMixin, new_matrix
+from wesar_foundry.options import from_options
+from wesar_foundry.roles import assign_roles, check_family, check_overrides
+
+# The config attribute that carries the reparameterization options.
+CONFIG_KEY = 'wesar_hf'
+# Keys of a config.json that are not constructor arguments of the config class.
+_NOT_FIELDS = ('model_type', 'auto_map', 'transformers_version', '_name_or_path', '_attn_implementation_autoset')
+TOKEN_IDS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
+
+
+@dataclass
+class WeSaRHFOptions(ReparamKeys):
+    """Every key the ``wesar_hf`` model accepts under ``model:`` in a YAML (besides ``name``, ``init_device``).
+
+    llm-foundry's ``hf_causal_lm`` keys that make sense from scratch are accepted too, so that an
+    existing YAML switches by changing ``name:`` alone.
+    """
+
+    pretrained_model_name_or_path: str | None = None
+    """A hub name (online) or a local folder with a config.json: the architecture to build (never its weights)."""
+    model_type: str | None = None
+    """Offline instead of the above: a transformers model_type (llama, mistral, qwen2, qwen3, gpt_neox, phi3)."""
+    config_overrides: dict = field(default_factory=dict)
+    """HF config keys set on top of the config (hidden_size, num_hidden_layers, ...); unknown keys are refused."""
+    roles: dict = field(default_factory=dict)
+    """Role overrides {<regex on the module name>: <role>}, tried before the family's role table."""
+    reparam: str = 'wesar'
+    """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
+    init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
+    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ²)."""
+    z_loss: float = 1e-4
+    """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
+    sigma_reparam_gamma_init: str = 'one'
+    """σReparam's γ at init: 'one' (the paper) or 'spectral' (σ_max(W), the authors' code)."""
+    attn_implementation: str = 'sdpa'
+    """HF attention kernel: eager, sdpa or flash_attention_2 (GPU only)."""
+    use_train_metrics: bool = True
+    """Also compute LanguageCrossEntropy/Perplexity on train batches (two extra passes over the logits)."""
+    pretrained: bool = False
+    """Must stay false: wesar_hf builds the architecture from scratch (hf_causal_lm's key, accepted for its YAMLs)."""
+    use_flash_attention_2: bool = False
+    """hf_causal_lm's spelling of attn_implementation: flash_attention_2."""
+    use_auth_token: bool = False
+    """Send the stored hub token when reading a gated hub config."""
+    trust_remote_code: bool = False
+    """Accepted for hf_causal_lm YAMLs; no remote code ever runs: only transformers' own families are built."""
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> 'WeSaRHFOptions':
+        """Build from YAML keys, rejecting unknown ones by name (llm-foundry checks none)."""
+        opts = from_options(cls, kwargs, 'model (wesar_hf)')
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the key and the allowed values for any bad option."""
+        if (self.pretrained_model_name_or_path is None) == (self.model_type is None):
+            raise ValueError('wesar_hf: give exactly one of model.pretrained_model_name_or_path (a hub name or a local '
+                             'folder with config.json) and model.model_type (offline, sizes in model.config_overrides)')
+        if self.pretrained:
+            raise ValueError('model.pretrained=True is not allowed: wesar_hf trains from scratch (it stores every matrix '
+                             'as W ~ N(0, σ) with a gain carrying the target init, which pretrained weights are not); '
+                             'set pretrained: false')
+        if not isinstance(self.config_overrides, dict):
+            raise ValueError(f'model.config_overrides must be a mapping of HF config keys, got {self.config_overrides!r}')
+        check_overrides(self.roles)
+        self.validate_reparam_keys()
+
+    @property
+    def attention(self) -> str:
+        return 'flash_attention_2' if self.use_flash_attention_2 else self.attn_implementation
+
+    def config_entry(self) -> dict[str, Any]:
+        """What the HF config carries under ``wesar_hf``: everything needed to rebuild the model."""
+        return {'reparam': self.reparam, 'init_target': self.init_target, 'sigma2': self.sigma2,
+                'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
+
+
+def tied_refusal(model_type: str) -> str:
+    return (f'model.config_overrides.tie_word_embeddings: wesar_hf refuses a tied {model_type} model: the embedding '
+            '(target: output std 1) and the LM head (target std √(1/d)) have separate gains, while a stock tied '
+            f'{model_type} checkpoint stores one matrix for both, so the trained model could never be exported to '
+            'its own architecture. Set tie_word_embeddings: false in model.config_overrides')
+
+
+def build_hf_config(opts: WeSaRHFOptions, tokenizer=None) -> PretrainedConfig:
+    """The stock HF config of the model to build, with ``wesar_hf`` options attached; refuses what
+    cannot be trained and exported (unsupported family, tied embedding and head) with the reason.
+
+    Overrides are applied to the config's *arguments* and the config built once, so a key the
+    config derives in its constructor follows the overrides unless the config.json states it (e.g.
+    Qwen2's head dim, hidden_size / heads; llm-foundry's ``hf_causal_lm`` instead sets overrides
+    on the built config, where derived keys keep their old values). The tokenizer's bos/eos/pad ids
+    replace the family's defaults unless ``config_overrides`` sets them (a default pad id outside a
+    small vocabulary would not even build).
+    """
+    overrides = dict(opts.config_overrides)
+    if opts.model_type is not None:
+        model_type, fields = opts.model_type, {}
+    else:
+        fields, _ = PretrainedConfig.get_config_dict(opts.pretrained_model_name_or_path,
+                                                     token=True if opts.use_auth_token else None)
+        model_type = fields.get('model_type')
+    check_family(model_type)
+    defaults = AutoConfig.for_model(model_type)
+    unknown = sorted(k for k in overrides if not hasattr(defaults, k))
+    if unknown:
+        raise ValueError(f'model.config_overrides: {model_type} configs have no key(s) {", ".join(unknown)}; '
+                         f'known keys: {", ".join(sorted(k for k in defaults.to_dict() if not k.startswith("_")))}')
+    if tokenizer is not None:
+        for name in TOKEN_IDS:
+            if name not in overrides and getattr(tokenizer, name, None) is not None:
+                fields[name] = getattr(tokenizer, name)
+    fields = {k: v for k, v in {**fields, **overrides}.items() if k not in _NOT_FIELDS}
+    config = AutoConfig.for_model(model_type, **fields)
+    if config.tie_word_embeddings:
+        raise ValueError(tied_refusal(model_type))
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise ValueError(f'model.config_overrides.vocab_size={config.vocab_size} is smaller than the tokenizer '
+                         f'({len(tokenizer)} tokens); set it >= {len(tokenizer)}')
+    config._attn_implementation = opts.attention
+    setattr(config, CONFIG_KEY, opts.config_entry())
+    return config
+
+
+def stock_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """transformers' own causal-LM class for ``config`` (``LlamaForCausalLM`` for a LlamaConfig)."""
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+
+
+class GatedHFModel(ReparamModelMixin):
+    """Mixed in front of a stock causal-LM class by ``gated_class``: after the stock ``__init__``,
+    every matrix is replaced by the reparameterization ``config.wesar_hf`` names."""
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__(config)
+        place_reparams(self, getattr(config, CONFIG_KEY))
+        self.attach_forward_clock()
+
+    def save_pretrained(self, *args, **kwargs):
+        # Saved as it is, the checkpoint would name the stock model_type, and a stock loader would
+        # drop every gate with only a warning: a silently different model.
+        raise RuntimeError('a wesar_hf model is saved merged into its stock architecture: use the wesar_hf_checkpointer '
+                           'callback, wesar-foundry export, or wesar_foundry.export.export_model')
+
+
+@functools.cache
+def gated_class(base: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    """The subclass of the stock class ``base`` that places reparameterized matrices (cached: one per class)."""
+    name = f'Gated{base.__name__}'
+    return type(name, (GatedHFModel, base), {'__module__': __name__, '__qualname__': name,
+                                              '__doc__': f'{base.__name__} with reparameterized matrices (wesar_hf).'})
+
+
+def is_gated_hf(model: Any) -> bool:
+    return isinstance(model, GatedHFModel)
+
+
+def build_gated_model(config: PretrainedConfig) -> PreTrainedModel:
+    """The gated model for a config carrying ``wesar_hf`` (on the current default device, uninitialized)."""
+    return gated_class(stock_class(config))(config)
+
+
+def place_reparams(model: PreTrainedModel, entry: dict[str, Any]) -> None:
+    """Replace every ``nn.Linear``/``nn.Embedding`` of ``model`` by a reparameterized matrix of its role.
+
+    Refuses, naming the module, a matrix without a role, a role that does not fit the module's
+    kind, and any other module holding parameters the init functions would not initialize.
+    """
+    config = model.config
+    matrices = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    roles = assign_roles(matrices, config.model_type, entry.get('roles'))
+    for name, old in matrices.items():
+        role, embedding = roles[name], isinstance(old, nn.Embedding)
+        if embedding != (role == 'emb'):
+            raise ValueError(f'model.roles: {name} is an {type(old).__name__}, so its role must '
+                             f'{"" if embedding else "not "}be emb (got {role!r})')
+        rows, cols = old.weight.shape
+        new = new_matrix(entry['reparam'], rows, cols, role, 'embedding' if embedding else 'linear',
+                         init_target=entry['init_target'], d_model=config.hidden_size,
+                         n_layers=config.num_hidden_layers, gamma_init=entry['sigma_reparam_gamma_init'],
+                         bias=not embedding and old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+        model.set_submodule(name, new)
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if own and not claims(module):
+            raise ValueError(f'wesar_hf ({config.model_type}): {name} ({type(module).__name__}) holds parameters that '
+                             'no wesar-foundry init function initializes; this architecture variant is not supported')
+
+
+def stock_config(config: PretrainedConfig, dtype=None, tokenizer=None) -> PretrainedConfig:
+    """The config of the merged model: ``config`` without ``wesar_hf``, naming the stock class."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in _NOT_FIELDS and k != CONFIG_KEY}
+    fields['architectures'] = [stock_class(config).__name__]
+    if dtype is not None:
+        fields['torch_dtype'] = dtype
+    if tokenizer is not None:
+        for name in TOKEN_IDS:
+            if getattr(tokenizer, name, None) is not None:
+                fields[name] = getattr(tokenizer, name)
+    return type(config)(**fields)
+
+
+def from_checkpoint_config(content: dict[str, Any]) -> PretrainedConfig:
+    """The HF config (with ``wesar_hf``) of a saved wesar_hf model, from its config.json content."""
+    content = copy.deepcopy(content)
+    model_type = content.get('model_type')
+    check_family(model_type)
+    return AutoConfig.for_model(model_type, **{k: v for k, v in content.items() if k not in _NOT_FIELDS})
