@@ -70,3 +70,16 @@ def test_bf16_parameters_train_close_to_fp32_with_fp32_masters(fsdp_runs):
     assert bf16.losses != fp32.losses  # the forward did run in bf16
     assert bf16.losses == pytest.approx(fp32.losses, rel=2e-2)
     assert bf16.losses[-1] < bf16.losses[0]
+
+
+@pytest.mark.parametrize('reparam', ['wesar', 'sigma_reparam'])
+def test_gate_health_monitor_reads_sharded_gates_as_one_process_does(fsdp_runs, single_runs, reparam):
+    """The paper YAMLs carry gate_health_monitor: over two ranks it sees the whole gates (each a
+    (1,) parameter held by one rank's shard) and reports what one process reports."""
+    two, one = fsdp_runs[reparam].metrics, single_runs[reparam].metrics
+    key = 'gate_health/min_fraction'
+    assert key in one and sorted(two[key]) == sorted(one[key])
+    for step, value in one[key].items():
+        assert two[key][step] == pytest.approx(value, rel=1e-5), step
+        assert value != 1.0  # the gates did move, so the comparison means something
+    assert all(v == 0 for v in two['gate_health/warnings'].values())
