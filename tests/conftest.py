@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,32 @@ from tests.helpers import TINY_MODEL
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / 'yamls' / 'tiny' / 'wesar.yaml'
 
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _release_streaming_shared_memory():
+    """Close the shared memory every StreamingDataset of a test module opened, after the module.
+
+    streaming keeps each block it opens until the process exits (``atexit.register(cleanup)``):
+    about 36 file descriptors per ``train()``. One training per process, as users run it, never
+    notices; this suite runs hundreds of ``train()`` in one process and ran out of descriptors.
+    """
+    from streaming.base.shared import memory
+    opened = []
+    original = memory.SharedMemory.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    memory.SharedMemory.__init__ = init
+    try:
+        yield
+    finally:
+        memory.SharedMemory.__init__ = original
+        for shm in opened:
+            atexit.unregister(shm.cleanup)
+            shm.cleanup()
 
 
 @pytest.fixture(autouse=True)
