@@ -24,6 +24,7 @@ def test_compiled_training_gives_eager_losses_with_no_graph_break(train_cfg, rep
     torch._dynamo.reset()
     counters.clear()
     compiled = losses(train(train_cfg(*base, 'compile_config={backend: aot_eager}', **model)))
-    assert counters['stats']['unique_graphs'] >= 1  # it did compile
+    # It did compile, and once: σReparam's step counter once made it recompile on every step.
+    assert 1 <= counters['stats']['unique_graphs'] <= 3
     assert dict(counters['graph_break']) == {}
     assert compiled == pytest.approx(eager, rel=1e-5)

@@ -84,14 +84,11 @@ class ReparamModelMixin:
         """Give every σReparam matrix the model's clock (call after placing the matrices)."""
         # σReparam steps its power iteration once per tick: ticked in forward, outside the decoder
         # layers that activation checkpointing recomputes.
-        self.forward_clock = ForwardClock()
-        for m in self.modules():
-            if isinstance(m, SigmaReparamMatrix):
-                m.clock = self.forward_clock
+        self.forward_clock = ForwardClock([m for m in self.modules() if isinstance(m, SigmaReparamMatrix)])
 
     def forward(self, *args, **kwargs):
         if self.training:
-            self.forward_clock.tick += 1
+            self.forward_clock.advance()
         return super().forward(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:

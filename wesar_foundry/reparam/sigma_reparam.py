@@ -5,10 +5,14 @@ training forward (Miyato et al. 2018).
 module that runs twice for one forward would update them twice: activation checkpointing does
 exactly that (non-reentrant: forward, then the recompute in backward; reentrant: a no-grad
 forward, then the recompute), and the loss and the gradient would then see different σ. The
-model therefore counts its training forwards on a shared ``ForwardClock`` (ticked outside any
+model therefore counts its training forwards with a ``ForwardClock`` (advanced outside any
 checkpointed region) and each matrix steps once per tick: the first run of the forward steps,
-a recompute finds the tick already seen and uses the same vectors. A matrix with no clock
+a recompute finds the tick already seen and keeps the same vectors. A matrix with no clock
 (standalone use) steps on every training forward with grad enabled.
+
+The count lives in tensors (each matrix's ``ticks`` and ``stepped`` buffers) and the "once per
+tick" test is branch-free (the step is computed, and kept only if due): read as Python ints,
+``torch.compile`` specialized on their values and recompiled the model on every step.
 """
 
 from __future__ import annotations
@@ -39,10 +43,23 @@ def _no_autocast(t: torch.Tensor):
 
 
 class ForwardClock:
-    """Counts a model's training forwards; shared by all its σReparam matrices."""
+    """Counts a model's training forwards on each of its σReparam matrices (their ``ticks``
+    buffers: tensors that follow each module to its device and through FSDP)."""
 
-    def __init__(self) -> None:
-        self.tick = 0
+    def __init__(self, matrices: list[SigmaReparamMatrix]) -> None:
+        self.matrices = list(matrices)
+        for m in self.matrices:
+            m.clocked = True
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        for m in self.matrices:
+            m.ticks.add_(1)
+
+    @property
+    def tick(self) -> int:
+        """Training forwards counted so far (read back for tests and logs, never in the forward)."""
+        return int(self.matrices[0].ticks) if self.matrices else 0
 
 
 class SigmaReparamMatrix(ReparamMatrix):
@@ -65,8 +82,10 @@ class SigmaReparamMatrix(ReparamMatrix):
         self.gamma = new_gate((1,), device)
         self.register_buffer('u', torch.empty(rows, dtype=torch.float32, device=device))
         self.register_buffer('v', torch.empty(cols, dtype=torch.float32, device=device))
-        self.clock: ForwardClock | None = None
-        self._stepped_at: int | None = None
+        # Training forwards counted by the model's clock, and the count at this matrix's last step.
+        self.register_buffer('ticks', torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer('stepped', torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.clocked = False
 
     @torch.no_grad()
     def power_iteration_(self, steps: int = 1) -> None:
@@ -75,13 +94,26 @@ class SigmaReparamMatrix(ReparamMatrix):
             self._power_iteration(steps)
 
     def _power_iteration(self, steps: int) -> None:
+        u, v = self._stepped_vectors(steps)
+        self.u.copy_(u)
+        self.v.copy_(v)
+
+    def _stepped_vectors(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         w = _whole(self.weight).float()
         u, v = self.u.float(), self.v.float()
         for _ in range(steps):
             v = F.normalize(w.t() @ u, dim=0)
             u = F.normalize(w @ v, dim=0)
-        self.u.copy_(u)
-        self.v.copy_(v)
+        return u, v
+
+    @torch.no_grad()
+    def _step_once_per_tick_(self) -> None:
+        due = self.ticks != self.stepped  # False in a recompute of this tick's forward
+        with _no_autocast(self.weight):
+            u, v = self._stepped_vectors(1)
+        self.u.copy_(torch.where(due, u, self.u))
+        self.v.copy_(torch.where(due, v, self.v))
+        self.stepped.copy_(self.ticks)
 
     def sigma_max(self) -> torch.Tensor:
         """uᵀWv with the stored vectors: differentiable w.r.t. W only."""
@@ -93,17 +125,12 @@ class SigmaReparamMatrix(ReparamMatrix):
     def gain(self) -> torch.Tensor:
         return _whole(self.gamma) / self.sigma_max()
 
-    def _step_due(self) -> bool:
-        if self.clock is None:
-            return torch.is_grad_enabled()
-        if self._stepped_at == self.clock.tick:
-            return False  # a recompute of this tick's forward
-        self._stepped_at = self.clock.tick
-        return True
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self._step_due():
-            self.power_iteration_()
+        if self.training:
+            if self.clocked:
+                self._step_once_per_tick_()
+            elif torch.is_grad_enabled():
+                self.power_iteration_()
         return super().forward(x)
 
     @torch.no_grad()
@@ -111,6 +138,8 @@ class SigmaReparamMatrix(ReparamMatrix):
         # σReparam normalizes W, so the target std has no say: W ~ N(0, σ) as the paper does.
         # The starting vectors come from a fixed private generator, not the run's: every rank of a
         # sharded init (where u, v are replicated buffers) starts from the same vectors.
+        self.ticks.zero_()  # buffers materialized from meta hold garbage until set
+        self.stepped.zero_()
         start = torch.Generator().manual_seed(_VECTOR_SEED)
         self.u.copy_(F.normalize(torch.randn(self.u.shape[0], generator=start), dim=0))
         self.v.copy_(F.normalize(torch.randn(self.v.shape[0], generator=start), dim=0))
