@@ -16,27 +16,39 @@ TINY_YAML = ROOT / 'yamls' / 'tiny' / 'wesar.yaml'
 
 
 @pytest.fixture(autouse=True, scope='module')
-def _release_streaming_shared_memory():
-    """Close the shared memory every StreamingDataset of a test module opened, after the module.
+def _release_streaming_datasets():
+    """Stop the threads and close the shared memory of every StreamingDataset a test module made.
 
-    streaming keeps each block it opens until the process exits (``atexit.register(cleanup)``):
-    about 36 file descriptors per ``train()``. One training per process, as users run it, never
-    notices; this suite runs hundreds of ``train()`` in one process and ran out of descriptors.
+    streaming keeps each shared-memory block it opens until the process exits
+    (``atexit.register(cleanup)``), about 36 file descriptors per ``train()``, and a dataset whose
+    epoch was cut short by ``max_duration`` keeps its download threads polling. One training per
+    process, as users run it, never notices; this suite runs hundreds of ``train()`` in one
+    process, ran out of descriptors, and slowed to a crawl under hundreds of polling threads.
     """
+    from streaming import StreamingDataset
     from streaming.base.shared import memory
-    opened = []
-    original = memory.SharedMemory.__init__
+    datasets, blocks = [], []
+    dataset_init, memory_init = StreamingDataset.__init__, memory.SharedMemory.__init__
 
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        opened.append(self)
+    def track_dataset(self, *args, **kwargs):
+        dataset_init(self, *args, **kwargs)
+        datasets.append(self)
 
-    memory.SharedMemory.__init__ = init
+    def track_memory(self, *args, **kwargs):
+        memory_init(self, *args, **kwargs)
+        blocks.append(self)
+
+    StreamingDataset.__init__, memory.SharedMemory.__init__ = track_dataset, track_memory
     try:
         yield
     finally:
-        memory.SharedMemory.__init__ = original
-        for shm in opened:
+        StreamingDataset.__init__, memory.SharedMemory.__init__ = dataset_init, memory_init
+        for ds in datasets:  # threads first: they read the shared memory closed below
+            if hasattr(ds, '_event'):
+                ds._event.set()
+            if hasattr(ds, '_executor'):
+                ds._executor.shutdown(wait=True)
+        for shm in blocks:
             atexit.unregister(shm.cleanup)
             shm.cleanup()
 
