@@ -41,7 +41,36 @@ def _inner_model(state: State):
     return state.model.model
 
 
-class WeSaRHuggingFaceCheckpointer(HuggingFaceCheckpointer):
+class MergingCheckpointer(HuggingFaceCheckpointer):
+    """What every exporting checkpointer here shares: ``precision`` is the export dtype (default
+    the training dtype), while the full state dict is gathered in fp32 (the masters), merged in
+    fp32 and cast once; the model is checked at INIT (``check_model``), not at the first save.
+    Subclasses set ``name`` and merge in ``transform_model_and_tokenizer``."""
+
+    name = 'hf_checkpointer'
+
+    def __init__(self, save_folder: str, save_interval: Any, precision: str | None = None, **kwargs: Any):
+        self.export_dtype = None if precision is None else parse_dtype(precision, key=f'{self.name}.precision')
+        # The parent's precision is the dtype its state-dict hook casts the gathered tensors to:
+        # fp32, so that the merge sees the fp32 masters.
+        super().__init__(save_folder=save_folder, save_interval=save_interval, precision='float32', **kwargs)
+        self._save_dtype = self.export_dtype
+
+    def check_model(self, model) -> None:
+        """Raise a ValueError if this checkpointer cannot export ``model`` (the inner HF model)."""
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.INIT:
+            self.check_model(_inner_model(state))
+        super().run_event(event, state, logger)
+
+    def _get_hf_model(self, state: State):
+        self._save_dtype = self.export_dtype or training_dtype(state.precision)
+        self.dtype = torch.float32  # what the parent's gathering hook casts to
+        return super()._get_hf_model(state)
+
+
+class WeSaRHuggingFaceCheckpointer(MergingCheckpointer):
     """``HuggingFaceCheckpointer`` for ``wesar_llama`` and ``wesar_hf`` models that saves the merged stock model.
 
     Args are those of llm-foundry's ``hf_checkpointer``, except ``precision``: ``float32``,
@@ -50,29 +79,18 @@ class WeSaRHuggingFaceCheckpointer(HuggingFaceCheckpointer):
     fp32 and cast once.
     """
 
-    def __init__(self, save_folder: str, save_interval: Any, precision: str | None = None, **kwargs: Any):
-        self.export_dtype = None if precision is None else parse_dtype(precision, key='wesar_hf_checkpointer.precision')
-        # The parent's precision is the dtype its state-dict hook casts the gathered tensors to:
-        # fp32, so that the merge sees the fp32 masters.
-        super().__init__(save_folder=save_folder, save_interval=save_interval, precision='float32', **kwargs)
-        self._save_dtype = self.export_dtype
+    name = 'wesar_hf_checkpointer'
+
+    def check_model(self, model) -> None:
+        if not isinstance(model, WeSaRLlamaForCausalLM) and not is_gated_hf(model):
+            raise ValueError(f'wesar_hf_checkpointer exports wesar_llama and wesar_hf models only; got '
+                             f'{type(model).__name__}. Use llm-foundry\'s hf_checkpointer for other models')
+        check_tied_gains(model)
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
-        if event == Event.INIT:
-            # Refuse at the start of training rather than at the first save.
-            model = _inner_model(state)
-            if not isinstance(model, WeSaRLlamaForCausalLM) and not is_gated_hf(model):
-                raise ValueError(f'wesar_hf_checkpointer exports wesar_llama and wesar_hf models only; got '
-                                 f'{type(model).__name__}. Use llm-foundry\'s hf_checkpointer for other models')
-            check_tied_gains(model)
         super().run_event(event, state, logger)
         if event == Event.INIT and self.using_peft:
             raise ValueError('wesar_hf_checkpointer does not export PEFT (adapter) models')
-
-    def _get_hf_model(self, state: State):
-        self._save_dtype = self.export_dtype or training_dtype(state.precision)
-        self.dtype = torch.float32  # what the parent's gathering hook casts to
-        return super()._get_hf_model(state)
 
     def transform_model_and_tokenizer(self, model, tokenizer):
         # Called on global rank 0 with a copy of the model holding the gathered fp32 state dict.

@@ -17,14 +17,8 @@ only the model it saves: the gathered ``wesar_mpt`` model is merged into a stock
 from __future__ import annotations
 
 import copy
-from typing import Any
 
-import torch
-from composer.core import Event, State
-from composer.loggers import Logger
-from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
-
-from wesar_foundry.export import parse_dtype, training_dtype
+from wesar_foundry.foundry.callbacks.hf_export import MergingCheckpointer
 from wesar_foundry.foundry.mpt.config import WeSaRMPTConfig
 from wesar_foundry.foundry.mpt.export import to_mpt
 from wesar_foundry.foundry.mpt.modeling import WeSaRMPTForCausalLM
@@ -32,7 +26,7 @@ from wesar_foundry.foundry.mpt.modeling import WeSaRMPTForCausalLM
 __all__ = ['WeSaRMPTHuggingFaceCheckpointer']
 
 
-class WeSaRMPTHuggingFaceCheckpointer(HuggingFaceCheckpointer):
+class WeSaRMPTHuggingFaceCheckpointer(MergingCheckpointer):
     """``HuggingFaceCheckpointer`` for ``wesar_mpt`` models that saves the merged stock MPT.
 
     Args are those of llm-foundry's ``hf_checkpointer``, except ``precision``: ``float32``,
@@ -40,25 +34,11 @@ class WeSaRMPTHuggingFaceCheckpointer(HuggingFaceCheckpointer):
     dtype. The state dict is gathered in fp32 (the masters), merged in fp32 and cast once.
     """
 
-    def __init__(self, save_folder: str, save_interval: Any, precision: str | None = None, **kwargs: Any):
-        self.export_dtype = None if precision is None else parse_dtype(precision, key='wesar_mpt_hf_checkpointer.precision')
-        # The parent's precision is the dtype its gathering hook casts to: fp32, for the merge.
-        super().__init__(save_folder=save_folder, save_interval=save_interval, precision='float32', **kwargs)
-        self._save_dtype = self.export_dtype
+    name = 'wesar_mpt_hf_checkpointer'
 
-    def run_event(self, event: Event, state: State, logger: Logger) -> None:
-        if event == Event.INIT:
-            # Refuse at the start of training rather than at the first save.
-            model = state.model.model
-            model = getattr(model, 'module', model)  # FSDP1-wrapped
-            if not isinstance(model, WeSaRMPTForCausalLM):
-                raise ValueError(f'wesar_mpt_hf_checkpointer exports wesar_mpt models only; got {type(model).__name__}')
-        super().run_event(event, state, logger)
-
-    def _get_hf_model(self, state: State):
-        self._save_dtype = self.export_dtype or training_dtype(state.precision)
-        self.dtype = torch.float32  # what the parent's gathering hook casts to
-        return super()._get_hf_model(state)
+    def check_model(self, model) -> None:
+        if not isinstance(model, WeSaRMPTForCausalLM):
+            raise ValueError(f'wesar_mpt_hf_checkpointer exports wesar_mpt models only; got {type(model).__name__}')
 
     def transform_config(self, original_config):
         # What the parent does for model_type 'mpt', for the gated copy it rebuilds from this config.
