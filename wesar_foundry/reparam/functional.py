@@ -42,7 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_NONE = torch.empty(0)  # what an op returns for a gradient nobody asked for (ops cannot return None)
+def _or_empty(grads: tuple[Optional[Tensor], ...], like: Tensor) -> tuple[Tensor, ...]:
+    """An op cannot return None for a gradient nobody asked for: a fresh empty tensor instead
+    (fresh, on ``like``'s device: an op's outputs must not alias each other or live elsewhere)."""
+    return tuple(like.new_empty(0) if g is None else g for g in grads)
 
 
 def _gain_grad(g_weight: Tensor, weight: Tensor, gain: Tensor) -> Tensor:
@@ -117,7 +120,7 @@ def _(x, weight, gain, constant, scale_dtype):
 def _linear_backward(gy: Tensor, x: Tensor, weight: Tensor, gain: Optional[Tensor], constant: float,
                      need_x: bool, need_w: bool, need_s: bool) -> tuple[Tensor, Tensor, Tensor]:
     grads = _linear_bwd(gy, x, weight, gain, constant, need_x, need_w, need_s)
-    return tuple(_NONE if g is None else g for g in grads)
+    return _or_empty(grads, gy)
 
 
 @_linear_backward.register_fake
@@ -193,7 +196,7 @@ def _(idx, weight, gain, constant):
 def _embedding_backward(gy: Tensor, idx: Tensor, weight: Tensor, gain: Optional[Tensor], constant: float,
                         need_w: bool, need_s: bool) -> tuple[Tensor, Tensor]:
     grads = _embedding_bwd(gy, idx, weight, gain, constant, need_w, need_s)
-    return tuple(_NONE if g is None else g for g in grads)
+    return _or_empty(grads, gy)
 
 
 @_embedding_backward.register_fake
