@@ -67,22 +67,23 @@ def tiny_data(tmp_path_factory) -> Path:
     return prepare(PrepareConfig(out=str(out), vocab_size=512, seq_len=32, max_chars=200_000))
 
 
+def tiny_train_cfg(tiny_data: Path, run_name: str, *overrides: str, **model: object):
+    """The shipped tiny YAML, shrunk, on ``tiny_data``, with dotlist overrides and model keys."""
+    cfg = OmegaConf.load(TINY_YAML)
+    cfg.variables.data_local = str(tiny_data)
+    cfg.variables.max_seq_len = TINY_MODEL['max_seq_len']
+    cfg.model.update({**TINY_MODEL, **model})
+    # Replaced, not merged: the shipped YAML's monitors and JSONL logger stay out of tests
+    # unless a test adds them (a merge of {} would keep them).
+    cfg.callbacks = {}
+    cfg.loggers = {'inmemory': {}}
+    base = ['max_duration=10ba', 'eval_interval=5ba', 'eval_subset_num_batches=2', 'global_train_batch_size=8',
+            'device_train_batch_size=8', 'device_train_microbatch_size=8', 'device_eval_batch_size=8',
+            'console_log_interval=100ba', 'scheduler.t_warmup=2ba', f'run_name={run_name}']
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(base + list(overrides)))
+
+
 @pytest.fixture
 def train_cfg(tiny_data, tmp_path):
-    """A function giving the shipped tiny YAML, shrunk, on ``tiny_data``, with dotlist overrides."""
-
-    def make(*overrides: str, **model: object):
-        cfg = OmegaConf.load(TINY_YAML)
-        cfg.variables.data_local = str(tiny_data)
-        cfg.variables.max_seq_len = TINY_MODEL['max_seq_len']
-        cfg.model.update({**TINY_MODEL, **model})
-        # Replaced, not merged: the shipped YAML's monitors and JSONL logger stay out of tests
-        # unless a test adds them (a merge of {} would keep them).
-        cfg.callbacks = {}
-        cfg.loggers = {'inmemory': {}}
-        base = ['max_duration=10ba', 'eval_interval=5ba', 'eval_subset_num_batches=2', 'global_train_batch_size=8',
-                'device_train_batch_size=8', 'device_train_microbatch_size=8', 'device_eval_batch_size=8',
-                'console_log_interval=100ba', 'scheduler.t_warmup=2ba', f'run_name=t-{tmp_path.name}']
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(base + list(overrides)))
-
-    return make
+    """A function giving ``tiny_train_cfg`` with this test's run name."""
+    return lambda *overrides, **model: tiny_train_cfg(tiny_data, f't-{tmp_path.name}', *overrides, **model)

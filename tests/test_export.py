@@ -126,7 +126,7 @@ def test_gelu_mlp_is_llamas_gated_mlp_with_a_constant_one_up_proj(exported):
     config = json.loads((folder / 'config.json').read_text())
     assert config['model_type'] == 'llama' and config['architectures'] == ['LlamaForCausalLM']
     assert (config['hidden_act'], config['mlp_bias'], config['attention_bias']) == ('gelu', True, False)
-    assert not any(k in config for k in ('reparam', 'mlp_type', 'sigma2', 'init_target'))
+    assert not any(k in config for k in ('reparam', 'mlp_type', 'sigma2', 'sigma_choice', 'init_target'))
     weights = load_file(folder / 'model.safetensors')
     assert all(t.dtype == torch.float32 for t in weights.values())
     mlp = 'model.layers.1.mlp.'

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default='wesar-report', help='report folder (default: wesar-report)')
     p.add_argument('--data', default='wesar-data', help='prepared data folder, built once and reused (default: wesar-data)')
     p.add_argument('--source', action='append', help="corpus for prepare: 'docstrings' (default), .txt/.jsonl, hf:<name>")
-    p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar (default: wesar,small)')
+    p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto (default: wesar,small)')
     p.add_argument('--seeds', help='comma-separated seeds (default: 17)')
     p.add_argument('--lr', type=float, help='peak learning rate (default: 1e-3)')
     p.add_argument('--lrs', help='learning-rate sweep, e.g. 1e-3,3e-3,1e-2: draws held-out loss vs lr per method')

@@ -20,7 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wesar_foundry.paper import GATE_PARAM_GROUPS, METHODS
+from wesar_foundry.paper import GATE_PARAM_GROUPS, METHODS as PAPER_METHODS
+
+# The paper's methods, plus WeSaR with σ chosen from the run's lr (sigma_rule): the interpolation is
+# what a YAML writes, since the model builder sees only model:.
+METHODS = {**PAPER_METHODS,
+           'wesar_auto': {'reparam': 'wesar', 'init_config': {'name': 'wesar_', 'target': 'he', 'sigma2': 'auto',
+                                                              'lr': '${optimizer.lr}'}}}
 
 
 @dataclass
@@ -34,7 +40,7 @@ class DemoConfig:
     sources: list[str] = field(default_factory=lambda: ['docstrings'])
     """Corpus sources for ``prepare`` (docstrings, .txt/.jsonl files, hf:<name>)."""
     methods: list[str] = field(default_factory=lambda: ['wesar', 'small'])
-    """Methods to compare: small, he, weight_norm, sigma_reparam, residual_scaling, wesar."""
+    """Methods to compare: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto."""
     seeds: list[int] = field(default_factory=lambda: [17])
     """One run per seed and method."""
     lrs: list[float] = field(default_factory=lambda: [1e-3])

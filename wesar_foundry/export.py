@@ -93,7 +93,7 @@ TRAINING_DTYPES = {'fp32': 'fp32', 'amp_bf16': 'bf16', 'amp_fp16': 'fp16', 'amp_
 MAX_SHARD_SIZE = '1GB'
 
 # WeSaRLlamaConfig's own keys, which a stock LlamaConfig must not carry.
-_WESAR_CONFIG_KEYS = ('mlp_type', 'reparam', 'init_target', 'sigma2', 'sigma_reparam_gamma_init')
+_WESAR_CONFIG_KEYS = ('mlp_type', 'reparam', 'init_target', 'sigma2', 'sigma_choice', 'sigma_reparam_gamma_init')
 _DROP_CONFIG_KEYS = _WESAR_CONFIG_KEYS + (
     'model_type', 'architectures', 'transformers_version', '_name_or_path', 'torch_dtype',
     '_attn_implementation_autoset', 'auto_map',

@@ -33,13 +33,6 @@ def check_target(target: str, key: str = 'init_config.target') -> str:
     return target
 
 
-def check_sigma(sigma2: float, key: str = 'init_config.sigma2') -> float:
-    """Return σ = √σ² or raise a ValueError naming the key."""
-    if not isinstance(sigma2, (int, float)) or isinstance(sigma2, bool) or not sigma2 > 0 or math.isinf(sigma2):
-        raise ValueError(f'{key}={sigma2!r} must be a finite number > 0 (the paper uses 4e-5)')
-    return math.sqrt(float(sigma2))
-
-
 def base_std(target: str, d_model: int) -> float:
     """The std a target gives an ordinary fan-in-d matrix (q, k, v, up, gate, head)."""
     check_target(target)

@@ -17,6 +17,10 @@ REPARAMS = tuple(PAPER_METHOD)
 # The paper YAML's own FSDP mixed precision: bf16 parameters in the forward, fp32 reductions
 # and buffers (Composer refuses amp_bf16 on CPU, but FSDP2's policy applies there).
 BF16 = 'fsdp_config.mixed_precision={param_dtype: bf16, reduce_dtype: fp32, buffer_dtype: fp32}'
+# WeSaR with σ chosen from the lr (sigma_rule): at 4× the paper's lr, σ² = 16·4e-5 and every gate
+# α = s·a with s = 1/16 held in a buffer the sharded checkpoint must carry.
+AUTO = ('model.init_config.sigma2=auto', 'model.init_config.lr=${optimizer.lr}', 'optimizer.lr=4e-3')
+AUTO_SAVE_AT = 5
 
 
 def pytest_collection_modifyitems(items):
@@ -69,30 +73,35 @@ def as_run(j: dict, r: dict) -> Run:
 @pytest.fixture(scope='session')
 def fsdp_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
     """Every paper method, 10 steps over two ranks (FSDP2 FULL_SHARD, activation checkpointing,
-    sharded checkpoints every 5 steps), plus WeSaR with bf16 parameters (key ``wesar-bf16``), in
-    one ``composer -n 2`` launch."""
+    sharded checkpoints every 5 steps), plus WeSaR with bf16 parameters (key ``wesar-bf16``), WeSaR
+    with ``sigma2: auto`` (``wesar-auto``) and that run resumed from its step-5 sharded checkpoint
+    (``wesar-auto-resumed``), in one ``composer -n 2`` launch."""
     work = tmp_path_factory.mktemp('two-ranks')
     jobs = {r: job(r, work, tiny_data, 2) for r in REPARAMS}
     jobs['wesar-bf16'] = job('wesar', work, tiny_data, 2, BF16, name='wesar-bf16')
+    jobs['wesar-auto'] = job('wesar', work, tiny_data, 2, *AUTO, name='wesar-auto')
+    mid = work / 'wesar-auto' / 'checkpoints' / f'ep0-ba{AUTO_SAVE_AT}'
+    jobs['wesar-auto-resumed'] = job('wesar', work, tiny_data, 2, *AUTO, f'load_path={mid}', name='wesar-auto-resumed')
     run_train_jobs(list(jobs.values()), work)
     return {name: as_run(j, result(j)) for name, j in jobs.items()}
 
 
 @pytest.fixture(scope='session')
 def single_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
-    """The same configs and global batch in one process (llm-foundry drops FSDP at world size 1)."""
+    """The same configs and global batch in one process (llm-foundry drops FSDP at world size 1),
+    for every paper method and ``wesar-auto``."""
     from llmfoundry.command_utils import train
 
     from tests.distributed.driver import collect
     work = tmp_path_factory.mktemp('one-process')
     runs, here = {}, os.getcwd()
     try:
-        for reparam in REPARAMS:
-            j = job(reparam, work, tiny_data, 1)
+        for name, j in [(r, job(r, work, tiny_data, 1)) for r in REPARAMS] + [
+                ('wesar-auto', job('wesar', work, tiny_data, 1, *AUTO, name='wesar-auto'))]:
             Path(j['cwd']).mkdir(parents=True)
             os.chdir(j['cwd'])
-            trainer = train(load(reparam, j['overrides']))
-            runs[reparam] = as_run(j, collect(trainer))
+            trainer = train(load(j['reparam'], j['overrides']))
+            runs[name] = as_run(j, collect(trainer))
             trainer.close()
     finally:
         os.chdir(here)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.conftest import REPARAMS
+from tests.distributed.conftest import AUTO_SAVE_AT, REPARAMS
 from tests.stock_llama import load_with_stock_transformers
 
 STEPS = 10
@@ -83,3 +83,19 @@ def test_gate_health_monitor_reads_sharded_gates_as_one_process_does(fsdp_runs, 
         assert two[key][step] == pytest.approx(value, rel=1e-5), step
         assert value != 1.0  # the gates did move, so the comparison means something
     assert all(v == 0 for v in two['gate_health/warnings'].values())
+
+
+def test_sigma_auto_over_two_ranks_trains_as_one_process_and_resumes_from_its_sharded_checkpoint(fsdp_runs, single_runs):
+    """sigma2: auto at lr 4e-3: every gate carries s = 1/16 in a buffer. Sharded, the run equals one
+    process; the step-5 sharded checkpoint holds the buffers, and the resumed run continues it."""
+    from torch.distributed.checkpoint import FileSystemReader
+    two, one, resumed = fsdp_runs['wesar-auto'], single_runs['wesar-auto'], fsdp_runs['wesar-auto-resumed']
+    assert two.raw['sharded_params'] == two.raw['params'] > 0
+    assert two.losses == pytest.approx(one.losses, rel=1e-5)
+    assert two.losses[-1] < two.losses[0]
+    assert two.losses != pytest.approx(fsdp_runs['wesar'].losses, rel=1e-3)  # not the fixed-σ run again
+    saved = FileSystemReader(str(two.save_folder / f'ep0-ba{AUTO_SAVE_AT}')).read_metadata().state_dict_metadata
+    scales = [k for k in saved if k.endswith('.gate_scale')]
+    assert scales and len(scales) == sum(k.endswith('.alpha') and k.startswith('state.model.') for k in saved)
+    assert len(resumed.losses) == STEPS - AUTO_SAVE_AT
+    assert resumed.losses == pytest.approx(two.losses[AUTO_SAVE_AT:], rel=1e-5)

@@ -159,7 +159,8 @@ def test_every_matrix_gets_the_reparameterization_with_its_roles_target_std(repa
      'ffn_config': {'ffn_type': 'mptglu'}},
     {'reparam': 'weight_norm', 'init_config': INITS['weight_norm'], 'no_bias': False,
      'attn_config': {'attn_impl': 'torch', 'alibi': True}},
-], ids=['wesar-fused-mlp', 'sigma_reparam-unfused-glu-bias', 'weight_norm-alibi-bias'])
+    {'reparam': 'wesar', 'init_config': {'name': 'wesar_', 'sigma2': 'auto', 'lr': 1e-2}},
+], ids=['wesar-fused-mlp', 'sigma_reparam-unfused-glu-bias', 'weight_norm-alibi-bias', 'wesar-sigma-auto'])
 def test_the_merged_stock_mpt_computes_what_the_gated_model_computes(layout):
     model = build(**layout).model
     with torch.no_grad():
@@ -173,6 +174,17 @@ def test_the_merged_stock_mpt_computes_what_the_gated_model_computes(layout):
         got = stock(input_ids=INPUT_IDS).logits
     assert type(stock) is MPTForCausalLM and stock.config.model_type == 'mpt'
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sigma_auto_gives_every_gate_its_constant_and_the_fixed_sigma_function_at_init():
+    torch.manual_seed(0)
+    fixed = build().model.eval()
+    torch.manual_seed(0)
+    auto = build(init_config={'name': 'wesar_', 'sigma2': 'auto', 'lr': 1e-2}).model.eval()
+    scales = {n: b.item() for n, b in auto.named_buffers() if n.endswith('.gate_scale')}
+    assert len(scales) == len(auto.reparam_modules()) and all(v == pytest.approx(0.01) for v in scales.values())
+    with torch.no_grad():
+        torch.testing.assert_close(auto(input_ids=INPUT_IDS).logits, fixed(input_ids=INPUT_IDS).logits, atol=2e-5, rtol=0)
 
 
 def test_mpts_default_tied_embedding_is_refused_with_the_reason():

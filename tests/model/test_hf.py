@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from tests.helpers import batch, build_model
+from wesar_foundry.export import to_stock
 from wesar_foundry.init_targets import target_std
 from wesar_foundry.model.composer import WeSaRHFComposerModel
 from wesar_foundry.reparam import WeSaRMatrix
@@ -52,6 +53,23 @@ def test_stock_biases_are_kept_and_start_at_zero(model_type, biased):
     with_bias = {n for n, m in mats.items() if isinstance(getattr(m, 'bias', None), torch.Tensor)}
     assert with_bias == {n for n in mats if re.search(biased, n)}
     assert all(torch.count_nonzero(mats[n].bias) == 0 for n in with_bias)
+
+
+@pytest.mark.parametrize('model_type', ['llama', 'gpt_neox'])
+def test_sigma_auto_gives_every_gate_its_constant_and_the_fixed_sigma_function_at_init(model_type):
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    fixed = build_hf(model_type).model.eval()
+    torch.manual_seed(0)
+    auto = build_hf(model_type, init_config={'name': 'wesar_', 'sigma2': 'auto', 'lr': 3e-3}).model.eval()
+    scales = {n: b.item() for n, b in auto.named_buffers() if n.endswith('.gate_scale')}
+    assert len(scales) == len(auto.reparam_modules()) and all(v == pytest.approx(1 / 9) for v in scales.values())
+    with torch.no_grad():
+        want = auto(input_ids=ids).logits
+        torch.testing.assert_close(want, fixed(input_ids=ids).logits, atol=2e-5, rtol=0)
+        stock = to_stock(auto)  # the merge reads α = s·a: the stock model computes the same
+        assert stock.config.model_type == model_type
+        torch.testing.assert_close(stock(input_ids=ids).logits, want, atol=1e-5, rtol=0)
 
 
 def test_the_embedding_output_has_std_one_without_gates_too():

@@ -88,6 +88,27 @@ def test_wesar_at_init_computes_exactly_the_he_network():
         assert torch.allclose(wesar(b), he(b), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize('lr', [1e-2, 3e-4])
+def test_sigma_auto_draws_the_same_function_at_any_lr(lr):
+    """σ is a pure reparameterization: with the same draw, auto's W is lr/lr_ref times the fixed
+    σ's and its gates carry the rest, so the logits at init are the paper setting's."""
+    torch.manual_seed(0)
+    fixed = build_model()
+    torch.manual_seed(0)
+    auto = build_model(init_config={'name': 'wesar_', 'sigma2': 'auto', 'lr': lr})
+    c = lr / 1e-3
+    down = auto.model.model.layers[0].mlp.down_proj
+    assert down.weight.std().item() == pytest.approx(SIGMA * c, rel=0.05)
+    assert down.gain().item() == pytest.approx(reparam_modules(fixed)['model.layers.0.mlp.down_proj'].alpha.item() / c,
+                                               rel=1e-6)
+    assert down.gate_scale.item() == pytest.approx(1 / c ** 2, rel=1e-6)
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(auto(b), fixed(b), atol=2e-5, rtol=0)
+    cfg = auto.model.config.sigma_choice
+    assert cfg['lr'] == lr and cfg['sigma2'] == pytest.approx(4e-5 * c ** 2) and cfg['gate_scale'] == pytest.approx(c ** -2)
+
+
 def test_gates_are_cast_to_the_activation_dtype():
     model = build_model()
     model.model.to(torch.bfloat16)

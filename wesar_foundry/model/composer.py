@@ -8,6 +8,7 @@ Composer backpropagates ``total`` and logs ``loss/train/ce`` and ``loss/train/z_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +22,9 @@ from wesar_foundry.model.config import WeSaRModelConfig
 from wesar_foundry.model.hf import WeSaRHFOptions, build_hf_config, gated_class, stock_class
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
 from wesar_foundry.reparam import ReparamMatrix
+from wesar_foundry.sigma_rule import SigmaChoice
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 INIT_DEVICES = ('cpu', 'meta', 'mixed')
@@ -98,13 +102,18 @@ class ReparamComposerModel(HuggingFaceModel):
     # The keys of ``loss()``: Composer logs each as ``loss/train/<key>``.
     loss_names = ('total', 'ce', 'z_loss')
 
-    def __init__(self, model, tokenizer, *, z_loss: float, use_train_metrics: bool, n_layers: int, d_model: int):
+    def __init__(self, model, tokenizer, *, z_loss: float, use_train_metrics: bool, n_layers: int, d_model: int,
+                 sigma_choice: SigmaChoice):
         metrics = lambda: [LanguageCrossEntropy(ignore_index=IGNORE_INDEX), LanguagePerplexity(ignore_index=IGNORE_INDEX)]  # noqa: E731
         super().__init__(
             model=model, tokenizer=tokenizer, use_logits=True, shift_labels=True,
             metrics=metrics() if use_train_metrics else [], eval_metrics=eval_metrics(),
         )
         self.z_loss = float(z_loss)
+        # σ and the gates' constant as chosen (sigma2: auto derives them from the lr): logged here and
+        # as hyperparameters by gate_health_monitor; saved in the HF config and as gate_scale buffers.
+        self.sigma_choice = sigma_choice
+        log.info('wesar-foundry %s: %s', type(self).__name__, sigma_choice.describe())
         self._n_layers, self._d_model = n_layers, d_model
         # Counted once: speed_monitor asks for FLOPs every batch. The embedding is a lookup.
         lookups = {id(p) for m in model.modules() if isinstance(m, ReparamMatrix) and m.kind == 'embedding'
@@ -156,7 +165,7 @@ class WeSaRComposerModel(ReparamComposerModel):
             init_kwargs={k: v for k, v in cfg.init_config.items() if k != 'name'},
             is_block=lambda m: isinstance(m, LlamaDecoderLayer), init_device=init_device)
         super().__init__(model, tokenizer, z_loss=cfg.z_loss, use_train_metrics=cfg.use_train_metrics,
-                         n_layers=cfg.n_layers, d_model=cfg.d_model)
+                         n_layers=cfg.n_layers, d_model=cfg.d_model, sigma_choice=cfg.sigma_choice)
 
 
 class WeSaRHFComposerModel(ReparamComposerModel):
@@ -183,4 +192,4 @@ class WeSaRHFComposerModel(ReparamComposerModel):
             init_kwargs={k: v for k, v in opts.init_config.items() if k != 'name'},
             is_block=lambda m: type(m).__name__ in blocks, init_device=init_device)
         super().__init__(model, tokenizer, z_loss=opts.z_loss, use_train_metrics=opts.use_train_metrics,
-                         n_layers=n_layers, d_model=d_model)
+                         n_layers=n_layers, d_model=d_model, sigma_choice=opts.sigma_choice)

@@ -9,12 +9,13 @@ from typing import Any
 from transformers import LlamaConfig
 
 from wesar_foundry.options import from_options
-from wesar_foundry.init_targets import TARGETS, check_sigma, check_target
+from wesar_foundry.init_targets import TARGETS, check_target
+from wesar_foundry.sigma_rule import KEYS as SIGMA_KEYS, SigmaChoice, choose_sigma
 from wesar_foundry.reparam import GAMMA_INITS, REPARAMS
 
 MLP_TYPES = ('gelu', 'swiglu')
 INIT_NAMES = ('wesar_', 'he', 'small')
-INIT_CONFIG_KEYS = ('name', 'target', 'sigma2')
+INIT_CONFIG_KEYS = ('name', 'target') + SIGMA_KEYS
 ATTN_IMPLEMENTATIONS = ('eager', 'sdpa', 'flash_attention_2')
 # Reparameterizations that store W ~ N(0, σ) and a trained gain.
 GATED_REPARAMS = ('wesar', 'weight_norm', 'sigma_reparam')
@@ -42,12 +43,17 @@ class ReparamKeys:
         return self.init_config.get('target', 'he')
 
     @property
+    def sigma_choice(self) -> SigmaChoice:
+        """σ² and the gates' constant, from ``init_config`` (a number, or ``auto`` from the lr)."""
+        return choose_sigma(self.init_config)
+
+    @property
     def sigma(self) -> float:
-        return check_sigma(self.init_config.get('sigma2', 4e-5))
+        return self.sigma_choice.sigma
 
     @property
     def sigma2(self) -> float:
-        return float(self.init_config.get('sigma2', 4e-5))
+        return self.sigma_choice.sigma2
 
     def validate_reparam_keys(self) -> None:
         """Raise a ValueError naming the key and the allowed values for a bad shared key."""
@@ -66,7 +72,7 @@ class ReparamKeys:
         if self.init_name in TARGETS and 'target' in self.init_config and self.init_config['target'] != self.init_name:
             raise ValueError(f'model.init_config.target={self.init_config["target"]!r} contradicts init_config.name={self.init_name!r}')
         check_target(self.init_target, 'model.init_config.target')
-        check_sigma(self.init_config.get('sigma2', 4e-5), 'model.init_config.sigma2')
+        choose_sigma(self.init_config)
 
 
 @dataclass
@@ -94,7 +100,8 @@ class WeSaRModelConfig(ReparamKeys):
     reparam: str = 'wesar'
     """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
     init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
-    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ²)."""
+    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ², or ``auto``
+    with ``lr: ${optimizer.lr}``, optional ``ref_lr``, ``ref_sigma2``, ``gate_scale``: see ``sigma_rule``)."""
     z_loss: float = 1e-4
     """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
     tie_word_embeddings: bool = False
@@ -156,7 +163,8 @@ class WeSaRModelConfig(ReparamKeys):
             mlp_type=self.mlp_type,
             reparam=self.reparam,
             init_target=self.init_target,
-            sigma2=float(self.init_config.get('sigma2', 4e-5)),
+            sigma2=self.sigma2,
+            sigma_choice=self.sigma_choice.as_dict(),
             sigma_reparam_gamma_init=self.sigma_reparam_gamma_init,
             attn_implementation=self.attn_implementation,
         )
@@ -169,10 +177,12 @@ class WeSaRLlamaConfig(LlamaConfig):
     model_type = 'wesar_llama'
 
     def __init__(self, mlp_type: str = 'gelu', reparam: str = 'wesar', init_target: str = 'he', sigma2: float = 4e-5,
-                 sigma_reparam_gamma_init: str = 'one', **kwargs):
+                 sigma_reparam_gamma_init: str = 'one', sigma_choice: dict | None = None, **kwargs):
         self.mlp_type = mlp_type
         self.reparam = reparam
         self.init_target = init_target
         self.sigma2 = sigma2
+        # How σ² was chosen (sigma_rule.SigmaChoice.as_dict()), and the gates' constant s.
+        self.sigma_choice = sigma_choice or {'sigma2': sigma2, 'gate_scale': 1.0}
         self.sigma_reparam_gamma_init = sigma_reparam_gamma_init
         super().__init__(**kwargs)

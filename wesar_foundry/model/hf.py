@@ -58,7 +58,7 @@ class WeSaRHFOptions(ReparamKeys):
     reparam: str = 'wesar'
     """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
     init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
-    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ²)."""
+    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ², or ``auto`` with ``lr``: see ``sigma_rule``)."""
     z_loss: float = 1e-4
     """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
     sigma_reparam_gamma_init: str = 'one'
@@ -104,7 +104,7 @@ class WeSaRHFOptions(ReparamKeys):
     def config_entry(self) -> dict[str, Any]:
         """What the HF config carries under ``wesar_hf``: everything needed to rebuild the model."""
         return {'reparam': self.reparam, 'init_target': self.init_target, 'sigma2': self.sigma2,
-                'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
+                'sigma_choice': self.sigma_choice.as_dict(), 'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
 
 
 def tied_refusal(model_type: str) -> str:
@@ -210,6 +210,7 @@ def place_reparams(model: PreTrainedModel, entry: dict[str, Any]) -> None:
         new = new_matrix(entry['reparam'], rows, cols, role, 'embedding' if embedding else 'linear',
                          init_target=entry['init_target'], d_model=config.hidden_size,
                          n_layers=config.num_hidden_layers, gamma_init=entry['sigma_reparam_gamma_init'],
+                         gate_scale=entry.get('sigma_choice', {}).get('gate_scale', 1.0),
                          bias=not embedding and old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
         model.set_submodule(name, new)
     for name, module in model.named_modules():

@@ -45,12 +45,14 @@ def with_bias(cls: type[ReparamMatrix]) -> type[ReparamMatrix]:
 
 
 def new_matrix(reparam: str, rows: int, cols: int, role: str, kind: str = 'linear', *, init_target: str, d_model: int,
-               n_layers: int, gamma_init: str = 'one', bias: bool = False, device=None, dtype=None) -> ReparamMatrix:
+               n_layers: int, gamma_init: str = 'one', gate_scale: float = 1.0, bias: bool = False, device=None,
+               dtype=None) -> ReparamMatrix:
     """The module ``reparam`` asks for, for one matrix of ``role`` (in a model of width ``d_model``,
-    depth ``n_layers``, init target ``init_target``); ``bias``: a linear map with a bias."""
+    depth ``n_layers``, init target ``init_target``); ``gate_scale``: WeSaR's s in α = s·a
+    (``sigma_rule``); ``bias``: a linear map with a bias."""
     kwargs: dict = {'device': device, 'dtype': dtype}
     if reparam == 'wesar':
-        cls = WeSaRMatrix
+        cls, kwargs['gate_scale'] = WeSaRMatrix, gate_scale
     elif reparam == 'weight_norm':
         cls = WeightNormMatrix
     elif reparam == 'sigma_reparam':
@@ -72,7 +74,8 @@ def new_matrix(reparam: str, rows: int, cols: int, role: str, kind: str = 'linea
 def make_matrix(config: WeSaRLlamaConfig, rows: int, cols: int, role: str, kind: str = 'linear') -> ReparamMatrix:
     """The module ``config.reparam`` asks for, for one matrix of ``role``."""
     return new_matrix(config.reparam, rows, cols, role, kind, init_target=config.init_target, d_model=config.hidden_size,
-                      n_layers=config.num_hidden_layers, gamma_init=config.sigma_reparam_gamma_init)
+                      n_layers=config.num_hidden_layers, gamma_init=config.sigma_reparam_gamma_init,
+                      gate_scale=config.sigma_choice['gate_scale'])
 
 
 class ReparamModelMixin:

@@ -12,16 +12,29 @@ class WeSaRMatrix(ReparamMatrix):
 
     With Adam, α cancels out of W's update (∂L/∂W = α ∂L/∂W̄), so ‖ΔW‖ is set by the learning
     rate alone and ‖ΔW‖/‖W‖ is the same for every matrix.
+
+    ``gate_scale`` s ≠ 1 stores the gate as α = s·a, so that Adam moves α by s·lr per step
+    (``sigma_rule``: ``sigma2: auto``). s is then a persistent fp32 buffer: a checkpoint's a was
+    trained with its s, so a resume restores both together.
     """
 
-    def __init__(self, rows: int, cols: int, role: str, kind: str = 'linear', device=None, dtype=None):
+    def __init__(self, rows: int, cols: int, role: str, kind: str = 'linear', gate_scale: float = 1.0,
+                 device=None, dtype=None):
         super().__init__(rows, cols, role, kind, device, dtype)
         # Shape (1,), not (): FSDP rejects 0-dim parameters.
         self.alpha = new_gate((1,), device)
+        self.scale_of_gate = float(gate_scale)
+        if self.scale_of_gate != 1.0:
+            self.register_buffer('gate_scale', torch.full((1,), self.scale_of_gate, dtype=torch.float32, device=device))
 
     def gain(self) -> torch.Tensor:
-        return self.alpha
+        return self.alpha if self.scale_of_gate == 1.0 else self.gate_scale * self.alpha
 
     @torch.no_grad()
     def init_gains_(self, target_std: float, sigma: float) -> None:
-        self.alpha.fill_(target_std / sigma)
+        if self.scale_of_gate != 1.0:
+            self.gate_scale.fill_(self.scale_of_gate)  # after to_empty it holds garbage
+        self.alpha.fill_(target_std / sigma / self.scale_of_gate)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ('' if self.scale_of_gate == 1.0 else f', gate_scale={self.scale_of_gate:g}')

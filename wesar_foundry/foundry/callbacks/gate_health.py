@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
@@ -93,23 +94,30 @@ class GateHealthMonitor(Callback):
         self.warnings: list[dict[str, Any]] = []
         self._gates: list[Gate] = []
         self._tensors: list[Any] = []
+        self._scales: list[float] = []
         self._reduce = False
         self._monitor: UpdateRatioMonitor | None = None
         self._own_monitor = False
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._reduce = dist.get_world_size() > 1 and state.fsdp_enabled
-        self._gates, self._tensors = [], []
+        self._gates, self._tensors, self._scales = [], [], []
         for mname, module in state.model.named_modules():
             if not isinstance(module, ReparamMatrix):
                 continue
             matrix = clean_name(mname)
+            # WeSaR under sigma2: auto stores α = s·a (a replicated buffer s, as the checkpoint had it).
+            scale = module.gate_scale if isinstance(getattr(module, 'gate_scale', None), torch.Tensor) else None
             for pname, p in module.named_parameters(recurse=False):
                 # Scalar gates only: shape (1,) (a DTensor's shape is the global one). Per-row
                 # gains (Weight Normalization's g) are no single scale to compare.
                 if pname not in ('weight', 'bias') and tuple(p.shape) == (1,) and p.requires_grad:
                     self._gates.append(Gate(f'{matrix}.{pname}', matrix))
                     self._tensors.append(p)
+                    self._scales.append(1.0 if scale is None or pname != 'alpha' else float(scale.item()))
+        choice = getattr(state.model, 'sigma_choice', None)
+        if choice is not None:
+            logger.log_hyperparameters({f'wesar/{k}': v for k, v in choice.as_dict().items() if v is not None})
         # After a resume the loaded α₀ stay: only gates never seen take their current value.
         self.tracker.observe_initial(self._read(state))
         self._setup_ratios(state, logger)
@@ -135,7 +143,7 @@ class GateHealthMonitor(Callback):
     def _read(self, state: State) -> dict[str, float]:
         reduce = (lambda v: dist.all_reduce(v, reduce_operation='SUM')) if self._reduce else None
         values = read_gates(self._tensors, reduce)
-        return {g.name: v for g, v in zip(self._gates, values)}
+        return {g.name: v * c for g, v, c in zip(self._gates, values, self._scales)}
 
     def after_train_batch(self, state: State, logger: Logger) -> None:
         if self._own_monitor:

@@ -34,7 +34,7 @@ class WeSaRMPTComposerModel(ReparamComposerModel):
         if config.init_device != 'meta':
             model.apply(model.param_init_fn)
         super().__init__(model, tokenizer, z_loss=options.z_loss, use_train_metrics=options.use_train_metrics,
-                         n_layers=config.n_layers, d_model=config.d_model)
+                         n_layers=config.n_layers, d_model=config.d_model, sigma_choice=options.sigma_choice)
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         # MPT's attn_uses_sequence_id needs the packed sequences' ids in training.

@@ -40,7 +40,7 @@ class MPTOptions(ReparamKeys):
     reparam: str = 'wesar'
     """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
     init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
-    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ²); replaces MPT's init_config."""
+    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ², or ``auto`` with ``lr``: see ``sigma_rule``); replaces MPT's init_config."""
     z_loss: float = 1e-4
     """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
     sigma_reparam_gamma_init: str = 'one'

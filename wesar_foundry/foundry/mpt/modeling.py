@@ -16,6 +16,7 @@ from torch import nn
 from wesar_foundry.foundry.mpt.config import WeSaRMPTConfig, check_expressible
 from wesar_foundry.foundry.mpt.gating import place_matrices_
 from wesar_foundry.model.modeling import ReparamModelMixin, new_matrix
+from wesar_foundry.sigma_rule import choose_sigma
 
 
 class WeSaRMPTForCausalLM(ReparamModelMixin, MPTForCausalLM):
@@ -30,7 +31,8 @@ class WeSaRMPTForCausalLM(ReparamModelMixin, MPTForCausalLM):
         def make(rows: int, cols: int, role: str, kind: str, *, bias: bool, device) -> nn.Module:
             return new_matrix(config.reparam, rows, cols, role, kind, init_target=config.init_target,
                               d_model=config.d_model, n_layers=config.n_layers,
-                              gamma_init=config.sigma_reparam_gamma_init, bias=bias, device=device)
+                              gamma_init=config.sigma_reparam_gamma_init, bias=bias, device=device,
+                              gate_scale=choose_sigma(config.init_config).gate_scale)
 
         self.roles = place_matrices_(self, make)
         self.attach_forward_clock()
