@@ -93,9 +93,13 @@ def test_sigma_auto_over_two_ranks_trains_as_one_process_and_resumes_from_its_sh
     assert two.raw['sharded_params'] == two.raw['params'] > 0
     assert two.losses == pytest.approx(one.losses, rel=1e-5)
     assert two.losses[-1] < two.losses[0]
-    assert two.losses != pytest.approx(fsdp_runs['wesar'].losses, rel=1e-3)  # not the fixed-σ run again
+    # At 4× the paper's lr it trains as the paper's fixed σ² at lr 1e-3 does (the gated matrices
+    # follow the same trajectory): close, not equal, since the RMSNorm gains see 4× the lr.
+    fixed = fsdp_runs['wesar'].losses
+    assert two.losses == pytest.approx(fixed, rel=1e-2) and two.losses != pytest.approx(fixed, rel=1e-6)
     saved = FileSystemReader(str(two.save_folder / f'ep0-ba{AUTO_SAVE_AT}')).read_metadata().state_dict_metadata
-    scales = [k for k in saved if k.endswith('.gate_scale')]
+    scales = [k for k in saved if k.endswith('.gate_scale') and k.startswith('state.model.')]
     assert scales and len(scales) == sum(k.endswith('.alpha') and k.startswith('state.model.') for k in saved)
+    assert 'state.integrations.huggingface.model.config.content.sigma_choice.lr' in saved  # the choice, too
     assert len(resumed.losses) == STEPS - AUTO_SAVE_AT
     assert resumed.losses == pytest.approx(two.losses[AUTO_SAVE_AT:], rel=1e-5)
