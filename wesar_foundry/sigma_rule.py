@@ -9,7 +9,7 @@ With Adam every stored element moves by about lr per step, so WeSaR's raw update
 The gates need a rule too: α = σ_i/σ shrinks as 1/lr while Adam still moves it by about lr per
 step, so its relative step would grow as lr². Each gate is therefore stored as α = s·a with a
 fixed constant s = (lr_ref/lr)²: a then moves by lr, α by lr_ref²/lr, i.e. by the reference
-relative step. Under Adam (its ε aside) the matrices of a run at lr then follow exactly the
+relative step. Under Adam (its ε and gradient clipping aside) the matrices of a run at lr then follow exactly the
 reference run's trajectory, W̄_lr(t) = W̄_ref(t): the weights are c = lr/lr_ref times larger,
 the gates c times smaller. What the run's lr still sets is everything that is not a gated
 matrix (norm gains, biases) and, through ``weight_decay``, the decay of W.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 AUTO = 'auto'
@@ -110,5 +110,5 @@ def choose_sigma(init_config: Mapping[str, Any], key: str = 'model.init_config')
         choice = SigmaChoice(auto_sigma2(lr, ref_lr, ref_sigma2), auto_gate_scale(lr, ref_lr), lr, ref_lr, ref_sigma2)
     if gate_scale != AUTO:
         gate_scale = _positive(gate_scale, f'{key}.gate_scale', f'or "{AUTO}": (ref_lr/lr)^2 with sigma2: auto, else 1')
-        choice = SigmaChoice(choice.sigma2, gate_scale, choice.lr, choice.ref_lr, choice.ref_sigma2)
+        choice = replace(choice, gate_scale=gate_scale)
     return choice
