@@ -53,6 +53,12 @@ def cpu_step_peak(step) -> int:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
+    return profiled_peak(prof)
+
+
+def profiled_peak(prof) -> int:
+    """The peak of live CPU bytes above the profile's start, replayed from the memory events of a
+    finished ``torch.profiler.profile(profile_memory=True)``."""
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'
               and e.device_type() == torch.autograd.DeviceType.CPU]
     events.sort(key=lambda e: e.start_ns())  # stable: same-time events keep their recorded order

@@ -331,3 +331,105 @@ def test_the_jobs_pip_install_resolves_for_the_images_python_3_12(tmp_path, requ
     for item in resolution['install']:
         filename = item['download_info']['url'].rsplit('/', 1)[1]
         assert parse_wheel_filename(filename)[3] & IMAGE_TAGS, filename
+
+
+# --- FSDP2 on every shipped multi-GPU route -------------------------------------------------------
+
+def all_jobs(tmp_path) -> list[Path]:
+    """Every shipped job file and every sweep job."""
+    return MCLOUD_JOBS + paper.write_sweep(tmp_path / 'sweep', 's3://bucket/wesar-foundry')
+
+
+def test_every_shipped_and_sweep_job_selects_fsdp2(tmp_path):
+    from mcli.models.run_config import FinalRunConfig, RunConfig
+    jobs = all_jobs(tmp_path)
+    assert len(jobs) == len(paper.main_mcloud_jobs()) + 85
+    for path in jobs:
+        run = RunConfig.from_file(str(path))
+        assert run.env_variables == {'FSDP_VERSION': '2'}, path.name
+        api = FinalRunConfig.finalize_config(run).to_create_run_api_input()  # what mcli sends
+        assert {'envKey': 'FSDP_VERSION', 'envValue': '2'} in api['runInput']['envVariables'], path.name
+
+
+@pytest.mark.parametrize('rel', sorted(YAMLS))
+def test_every_yaml_header_prints_the_fsdp2_launch_from_a_pip_install(rel):
+    header, _ = YAMLS[rel]
+    launch = next(line for line in header.splitlines() if 'composer' in line)
+    assert launch.startswith('#   FSDP_VERSION=2 composer -n 8 ') and '-m llmfoundry.cli.cli train <this yaml>' in launch
+    assert ('--world_size 64' in launch) == rel.startswith('pretrain/13b/')
+
+
+def test_the_sweep_gives_every_variant_its_own_run_name_in_the_readmes_form(tmp_path):
+    from mcli import RunConfig
+    paper.write_sweep(tmp_path, 's3://b/x')
+    job = RunConfig.from_file(str(tmp_path / 'wesar-s16e-5-seed19.yaml'))
+    expected = 'model.init_config.sigma2=1.6e-4 seed=19 variables.run_name=wesar-1b-sweep-wesar-s16e-5-seed19'
+    assert job.command.endswith(f'parameters.yaml {expected}') and job.name == 'wesar-1b-sweep-wesar-s16e-5-seed19'
+    assert expected in ' '.join((ROOT / 'README.md').read_text().split())  # the README shows the writer's form
+    cfg = resolved(OmegaConf.create(job.parameters), expected.split())
+    assert cfg.model['init_config']['sigma2'] == pytest.approx(1.6e-4) and cfg.seed == 19  # parsed as numbers
+
+
+def test_every_readme_sigma2_or_seed_override_comes_with_a_run_name():
+    text = (ROOT / 'README.md').read_text()
+    commands = [c for c in text.replace('\\\n', ' ').splitlines() + text.split('`')
+                if 'model.init_config.sigma2=' in c and 'seed=' in c]
+    assert commands
+    for command in commands:
+        assert 'variables.run_name=' in command, command
+
+
+def test_every_readme_multi_gpu_launch_sets_fsdp_version_2():
+    text = (ROOT / 'README.md').read_text().replace('\\\n', ' ')
+    launches = [c for c in text.splitlines() + text.split('`') if 'llmfoundry.cli.cli train' in c and 'composer -n' in c]
+    assert len(launches) >= 4
+    for launch in launches:
+        assert 'FSDP_VERSION=2 composer -n' in launch, launch
+
+
+# --- Data paths as variables, with an object store ------------------------------------------------
+
+def test_loaders_read_local_folders_unless_a_remote_is_given():
+    cfg = shipped('pretrain/1b/wesar-rapid.yaml')
+    for loader in (cfg.train_loader, cfg.eval_loader):
+        assert loader['dataset']['remote'] is None
+    cfg = shipped('pretrain/1b/wesar-rapid.yaml', ['variables.data_remote=s3://b/refinedweb',
+                                                   'variables.eval_data_remote=gs://b/wikitext'])
+    assert (cfg.train_loader['dataset']['remote'], cfg.train_loader['dataset']['local']) == ('s3://b/refinedweb', './data/refinedweb')
+    assert (cfg.eval_loader['dataset']['remote'], cfg.eval_loader['dataset']['local']) == ('gs://b/wikitext', './data/wikitext')
+
+
+# --- A job's save_root left unset stops llm-foundry's train() before any compute ------------------
+
+def test_train_on_an_unedited_job_stops_naming_save_root_before_any_compute(tmp_path):
+    from llmfoundry.command_utils import train
+    from mcli import RunConfig
+    job = RunConfig.from_file(str(ROOT / 'yamls' / 'mcloud' / '1b-wesar-rapid.yaml'))
+    # Its data folders (./data/...) do not exist here: a later failure would name them instead.
+    with pytest.raises(OmegaConfBaseException, match=r'Missing mandatory value: variables\.save_root'):
+        train(OmegaConf.create(job.parameters))
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
+
+
+# --- The GPU commands from a pip install ------------------------------------------------------------
+
+def test_configs_writes_the_shipped_yamls_and_refuses_to_overwrite(tmp_path):
+    from wesar_foundry.cli import main
+    out = tmp_path / 'wesar-yamls'
+    assert main(['configs', '--out', str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file())
+    assert written == sorted([*YAMLS, *paper.main_mcloud_jobs()])
+    for rel in written:  # what the repository ships
+        assert (out / rel).read_text() == (ROOT / 'yamls' / rel).read_text(), rel
+    assert main(['configs', '--out', str(out)]) == 2  # exists: refused, untouched
+    assert main(['configs', '--out', str(out), '--force', '--sweep-save-root', 's3://b/x']) == 0
+    assert len(list((out / 'mcloud' / 'sweep').glob('*.yaml'))) == 85
+    assert not [p for p in tmp_path.iterdir() if p.name != 'wesar-yamls']  # no staging left behind
+
+
+def test_the_documented_launch_resolves_in_the_installed_environment(tmp_path):
+    assert Path(sys.executable).with_name('composer').is_file()  # the launcher comes with Composer
+    # `composer -n 8 -m llmfoundry.cli.cli train <yaml>` runs `python -m llmfoundry.cli.cli train <yaml>` per rank.
+    proc = subprocess.run([sys.executable, '-m', 'llmfoundry.cli.cli', 'train', '--help'], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and 'YAML_PATH' in proc.stdout.upper(), proc.stderr[-2000:]

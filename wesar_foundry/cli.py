@@ -52,6 +52,27 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wesar_foundry.atomic import staged_dir
+    from wesar_foundry.paper import train_command, write_all, write_sweep
+    out = Path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise FileExistsError(f'{out} exists; pass --force to replace it')
+    save_root = (args.sweep_save_root or '').rstrip('/')
+    if args.sweep_save_root is not None and not save_root:
+        raise ValueError('--sweep-save-root: empty; give an object store URI such as s3://<bucket>/<prefix>')
+    with staged_dir(out) as tmp:  # the folder appears whole or not at all
+        n = len(write_all(tmp))
+        if save_root:
+            n += len(write_sweep(tmp / 'mcloud' / 'sweep', save_root))
+    print(f'wrote {n} files to {out}/: pretrain/<size>/<method>-<setting>.yaml, pretrain/1b/compare-10b/, mcloud/'
+          + (' (sweep jobs in mcloud/sweep/)' if save_root else ''))
+    print('train one on 8 GPUs:\n  ' + '\n  '.join(train_command('1b', f'{out}/pretrain/1b/wesar-rapid.yaml')))
+    return 0
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(',') if x]
 
@@ -76,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True)
 
     p = sub.add_parser('prepare', help='build a BPE tokenizer and train/val MDS datasets for llm-foundry')
-    p.add_argument('--out', default='wesar-data', help='output folder (default: wesar-data)')
+    p.add_argument('--out', default='wesar-data',
+                   help='output folder (default: wesar-data), or an object store URI such as s3://<bucket>/<prefix>: '
+                        'prepared in a temporary folder, then uploaded (shards first, the indexes and prepare.json '
+                        'last, so an interrupted upload is never taken for a dataset); S3_ENDPOINT_URL selects an '
+                        'S3-compatible store')
     p.add_argument('--source', action='append',
                    help="'docstrings' (default: the stdlib's docstrings, offline), a .txt/.tokens file (documents "
                         "split at blank lines), a .jsonl file, or hf:<name>[:<config>] (streamed); repeatable")
@@ -93,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tokenizer-sample-chars', type=int, default=100_000_000,
                    help='without --tokenizer, the BPE is trained on the train documents among the first this many '
                         'characters (default 100M); all documents are written')
-    p.add_argument('--force', action='store_true', help='rebuild even if --out holds a prepared dataset')
+    p.add_argument('--force', action='store_true',
+                   help='rebuild even if --out holds a prepared dataset (on an object store: its manifest is deleted '
+                        'first, then everything else under --out)')
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser('export', help='merge a saved Composer checkpoint (sharded folder or .pt) into a stock '
@@ -105,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('checkpoint',
                    help='a sharded checkpoint folder (<save_folder>/ep<E>-ba<B>, written by FSDP with '
                         'state_dict_type: sharded), a save folder (exports the checkpoint its latest-sharded-rank0 or '
-                        'latest-rank0.pt link points to), or a '
-                        'monolithic Composer checkpoint file (.pt, local or URI)')
+                        'latest-rank0.pt link points to), or a monolithic Composer checkpoint file (.pt); local or on '
+                        'an object store (s3://<bucket>/<run>[/ep<E>-ba<B>]: a remote save folder is followed through '
+                        'its latest-sharded-rank0.symlink object, and only that checkpoint\'s .metadata and .distcp '
+                        'objects are downloaded)')
     p.add_argument('out_dir', help='output folder (written to a temporary folder, renamed at the end)')
     p.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'),
                    help='dtype of the saved weights (default: the training dtype: fp32, bf16 for amp_bf16)')
@@ -134,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('plot', help="the paper's Figure 1 (loss with spikes, update ratios, uniformity) from logged metrics")
     p.add_argument('metrics', nargs='+', help='metrics files: the jsonl logger\'s, Composer file logger text, '
-                                              'or W&B / MLflow CSV exports; several runs are overlaid')
+                                              'or W&B / MLflow CSV exports, local or on an object store '
+                                              '(s3://<bucket>/<run>/metrics.jsonl); several runs are overlaid')
     p.add_argument('--out', default='fig.png', help='output image; a .png and a .svg are written (default: fig.png)')
     p.add_argument('--label', action='append', help='legend label per metrics file, in order (default: run name)')
     p.add_argument('--matrix', action='append',
@@ -144,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='update ratios of effective matrices W̄ or stored weights (default: effective if logged)')
     p.add_argument('--title')
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser('configs', help="write the paper's llm-foundry train YAMLs and MosaicML job files (what the "
+                                       "repository's yamls/pretrain and yamls/mcloud hold) from the installed package")
+    p.add_argument('--out', default='wesar-yamls', help='output folder (default: wesar-yamls)')
+    p.add_argument('--sweep-save-root', help='also write the 85 jobs of the 1.3B sigma^2 x seed sweep to '
+                                             'mcloud/sweep/, saving under this object store prefix (s3://...)')
+    p.add_argument('--force', action='store_true', help='replace --out if it exists')
+    p.set_defaults(func=_configs)
 
     p = sub.add_parser('demo', help='WeSaR vs Small init on this machine (CPU, offline, ~10 min): report folder with plots and a table')
     p.add_argument('--out', default='wesar-report', help='report folder (default: wesar-report)')

@@ -543,6 +543,15 @@ def _load_weights(config: PretrainedConfig, model_state: dict[str, Any], path: P
     return model.eval()
 
 
+def _download_checkpoint(uri: str, work: Path) -> Path:
+    """A remote checkpoint (see :func:`export_checkpoint`) → a local copy under ``work``."""
+    from wesar_foundry.remote import download_file, download_sharded_checkpoint, resolve_remote_checkpoint
+    kind, target = resolve_remote_checkpoint(uri, LATEST_SHARDED)
+    if kind == 'sharded':
+        return download_sharded_checkpoint(target, work / 'checkpoint')
+    return download_file(target, work / 'checkpoint.pt')
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | torch.dtype | None = None,
                       force: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
     """``wesar-foundry export``: a saved Composer checkpoint → a stock Llama checkpoint + tokenizer
@@ -550,9 +559,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     ``checkpoint`` is a sharded checkpoint folder (``<save_folder>/ep<E>-ba<B>``, FSDP's
     ``state_dict_type: sharded``), a save folder (its ``latest-sharded-rank0`` checkpoint, else its
-    ``latest-rank0.pt``), or a
-    monolithic Composer checkpoint file, local or a URI Composer can download (s3://, oci://, ...;
-    files only). ``dtype`` defaults to the training dtype recorded in the checkpoint (fp32;
+    ``latest-rank0.pt``), or a monolithic Composer checkpoint file, local or on an object store
+    (s3://, gs://, oci://, ...: a remote save folder is followed through its
+    ``latest-sharded-rank0.symlink`` object, and of a sharded checkpoint only its ``.metadata``
+    and ``.distcp`` objects are downloaded, to a temporary folder). ``dtype`` defaults to the training dtype recorded in the checkpoint (fp32;
     bf16/fp16 for ``amp_*`` runs). Only the model weights and the HF config and tokenizer are read,
     in one CPU process; the checkpoint is not modified; the output appears only when complete.
     """
@@ -564,15 +574,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     check_output_dir(out_dir, force, protect)  # fail before reading a large file
     with tempfile.TemporaryDirectory(prefix='wesar-export-') as work:
         if remote:
-            from composer.utils import get_file
-            local = Path(work) / 'checkpoint.pt'
-            get_file(src, str(local))
+            local = _download_checkpoint(src, Path(work))
         else:
             local = _resolve_checkpoint(Path(src).expanduser())
             protect += (str(local),)
             check_output_dir(out_dir, force, protect)
-        state = _load_composer_state(local)
-        config = _wesar_config(state, local)
+        try:
+            state = _load_composer_state(local)
+            config = _wesar_config(state, local)
+        except ValueError as e:
+            if not remote:
+                raise
+            # About the downloaded copy: name the object the user gave.
+            raise ValueError(str(e).replace(str(local), src)) from None
         # Popped: once loaded into the model, the weights must have no other holder for the merge
         # to free them.
         model = _load_weights(config, state.pop('model'), local)

@@ -10,6 +10,10 @@ there) and the merged Llama exports under ``huggingface/ba<N>``. A sweep's
 make ``autoresume`` load another seed's or σ²'s checkpoint. The platform job files leave
 ``save_root`` to the user (an object store, so that checkpoints outlive the container).
 
+Every multi-GPU route sets ``FSDP_VERSION=2`` (Composer's FSDP2): the job files in their
+``env_variables``, the headers' commands on the command line. Without it Composer wraps with FSDP1,
+which the WeSaR models refuse (``wesar_foundry.foundry.fsdp_check``).
+
 The cosine schedule's ``t_max`` is the run's full token budget, not Composer's default ``1dur``:
 a shorter ``max_duration=`` (Figure 1 trains the 13B runs for their first 5B tokens) truncates
 the run and keeps its schedule. Composer requires ``t_warmup`` and ``t_max`` in one unit, so the
@@ -19,6 +23,7 @@ warmup is given in tokens too (steps × tokens per step, the same point in train
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,9 @@ SAVE_ROOT_UNSET = '???'
 # horizon; a 13B export gathers 52 GB of fp32 masters on rank 0, so not much more often.
 HF_EXPORT_INTERVAL = '5000000000tok'
 GATE_PARAM_GROUPS = [{'param_str_match': r'\.(alpha|g|gamma)$', 'weight_decay': 0.0}]
+# Composer 0.32 turns llm-foundry's fsdp_config dict into FSDP1 unless this is in the environment.
+FSDP2_ENV = {'FSDP_VERSION': '2'}
+GPUS_PER_NODE = 8
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,9 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
         'variables': {
             'data_local': './data/refinedweb',
             'eval_data_local': './data/wikitext',
+            # An object store (s3://, gs://, oci://, ...) to stream from; the local folder is then its cache.
+            'data_remote': None,
+            'eval_data_remote': None,
             'tokenizer_name': 'hf-internal-testing/llama-tokenizer',
             'save_root': './checkpoints',
             'save_folder': '${variables.save_root}/${variables.run_name}',
@@ -127,8 +138,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
         # pad must differ from eos: llm-foundry's collator masks every label equal to pad.
         'tokenizer': {'name': '${variables.tokenizer_name}',
                       'kwargs': {'model_max_length': '${variables.max_seq_len}', 'pad_token': '<unk>'}},
-        'train_loader': _loader('${variables.data_local}', 'train', shuffle=True),
-        'eval_loader': _loader('${variables.eval_data_local}', 'val', shuffle=False),
+        'train_loader': _loader('${variables.data_local}', '${variables.data_remote}', 'train', shuffle=True),
+        'eval_loader': _loader('${variables.eval_data_local}', '${variables.eval_data_remote}', 'val', shuffle=False),
         'scheduler': {'name': 'cosine_with_warmup', 't_warmup': f'{st.warmup * st.batch_tokens}tok',
                       't_max': f'{tokens}tok', 'alpha_f': 0.1},
         'optimizer': {
@@ -173,7 +184,8 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
             # Precision left at its default, the training dtype (bf16 under amp_bf16).
             'wesar_hf_checkpointer': {'save_folder': '${variables.save_folder}', 'save_interval': HF_EXPORT_INTERVAL},
         },
-        'loggers': {'jsonl': {}},  # {run_name}/metrics.jsonl, what `wesar-foundry plot` reads
+        # In the save folder: kept with the checkpoints (on the object store too), read by `wesar-foundry plot`.
+        'loggers': {'jsonl': {'path': '${variables.save_folder}/metrics.jsonl'}},
         'save_folder': '${variables.save_folder}',
         'save_interval': '2000ba',
         'save_num_checkpoints_to_keep': 2,
@@ -181,11 +193,11 @@ def train_config(size: str, method: str, setting: str, tokens: int = TOKENS_30B)
     }
 
 
-def _loader(local: str, split: str, shuffle: bool) -> dict[str, Any]:
+def _loader(local: str, remote: str, split: str, shuffle: bool) -> dict[str, Any]:
     return {
         'name': 'text',
-        'dataset': {'local': local, 'split': split, 'shuffle': shuffle, 'max_seq_len': '${variables.max_seq_len}',
-                    'shuffle_seed': '${seed}'},
+        'dataset': {'local': local, 'remote': remote, 'split': split, 'shuffle': shuffle,
+                    'max_seq_len': '${variables.max_seq_len}', 'shuffle_seed': '${seed}'},
         'drop_last': split == 'train',
         'num_workers': 8,
     }
@@ -203,12 +215,25 @@ def _header(size: str, method: str, setting: str, tokens: int) -> str:
         '# Weight decay: Composer decoupled_adamw semantics (p <- p*(1 - wd*lr_t/lr_0), NOT multiplied by lr);',
         f'# {round(0.01 * st.lr, 12):g} here equals the paper\'s 0.01 in torch AdamW semantics (p <- p*(1 - lr*wd)).',
         '# The param_groups line keeps gates and gains (alpha, g, gamma) out of weight decay.',
-        f'# FSDP sized for {sz.gpus}x H100 80GB. Run: composer <llm-foundry>/scripts/train/train.py <this yaml> \\',
-        '#   variables.data_local=<train MDS> variables.eval_data_local=<wikitext MDS> variables.tokenizer_name=<tok>',
+        f'# FSDP sized for {sz.gpus}x H100 80GB. Run (FSDP2; without FSDP_VERSION=2 the model refuses Composer\'s FSDP1):',
+        *(f'#   {line}' for line in train_command(size, '<this yaml>')),
+        '#   (data from an object store: variables.data_remote=s3://... variables.eval_data_remote=...,',
+        '#   the local folders then cache it)',
         '# Saves (checkpoints, autoresume, merged Llama exports every 5B tokens) go to <save_root>/<run_name>;',
         '# set variables.save_root=s3://<bucket>/<prefix> (or gs://, oci://) for an object store.',
         '',
     ])
+
+
+def train_command(size: str, yaml_path: str) -> list[str]:
+    """The multi-GPU launch of a shipped YAML from a pip install (llm-foundry's CLI), as lines."""
+    gpus = SIZES[size].gpus
+    nodes = max(1, gpus // GPUS_PER_NODE)
+    launch = f'composer -n {min(gpus, GPUS_PER_NODE)}'
+    if nodes > 1:
+        launch += f' --world_size {gpus} --node_rank <0..{nodes - 1}> --master_addr <node 0> --master_port 29500'
+    return [f'FSDP_VERSION=2 {launch} -m llmfoundry.cli.cli train {yaml_path} \\',
+            '  variables.data_local=<train MDS> variables.eval_data_local=<wikitext MDS> variables.tokenizer_name=<tok>']
 
 
 def shipped_train_yamls() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -223,10 +248,13 @@ def shipped_train_yamls() -> dict[str, tuple[str, dict[str, Any]]]:
         cfg = train_config('1b', method, 'rapid', TOKENS_10B)
         cfg['variables']['run_name'] = f'wesar-1b-compare10b-{method}'
         header = _header('1b', method, 'rapid', TOKENS_10B)
+        grid = ','.join(_short_float(x) for x in SIGMA2_GRID)
         if method in GRID_METHODS:
-            header += '# sigma^2 grid: model.init_config.sigma2={1e-5,4e-5,1.6e-4,6.4e-4,2.56e-3}; seeds: seed={17..21}\n'
+            header += f'# sigma^2 grid: model.init_config.sigma2={{{grid}}}; seeds: seed={{17..21}};\n'
         else:
-            header += '# seeds: seed={17..21}\n'
+            header += '# seeds: seed={17..21};\n'
+        example = ' '.join(sweep_overrides(method, 16e-5 if method in GRID_METHODS else None, 19))
+        header += f'# each run with its own run name (and so save folder), e.g. {example}\n'
         out[f'pretrain/1b/compare-10b/{method}.yaml'] = (header, cfg)
     return out
 
@@ -249,6 +277,7 @@ def mcloud_job(rel_yaml: str, cfg: dict[str, Any], overrides: list[str], name: s
         'name': name,
         'image': IMAGE,
         'compute': {'gpus': gpus},
+        'env_variables': dict(FSDP2_ENV),
         'integrations': [
             {'integration_type': 'git_repo', 'git_repo': 'mosaicml/llm-foundry', 'git_branch': 'release/v0.22.0',
              'pip_install': '-e .[gpu]', 'ssh_clone': False},
@@ -284,12 +313,24 @@ def sweep_jobs(save_root: str = SAVE_ROOT_UNSET) -> dict[str, dict[str, Any]]:
         grid = SIGMA2_GRID if method in GRID_METHODS else (None,)
         for sigma2 in grid:
             for seed in SEEDS:
-                tag = f'{method.replace("_", "-")}' + (f'-s{round(sigma2 / 1e-5)}e-5' if sigma2 else '') + f'-seed{seed}'
-                overrides = [f'seed={seed}', f'variables.run_name=wesar-1b-sweep-{tag}']
-                if sigma2 is not None:
-                    overrides.insert(0, f'model.init_config.sigma2={sigma2:g}')
-                jobs[f'{tag}.yaml'] = mcloud_job(rel, cfg, overrides, f'wesar-1b-sweep-{tag}', save_root)
+                overrides = sweep_overrides(method, sigma2, seed)
+                name = overrides[-1].split('=', 1)[1]
+                jobs[f'{name.removeprefix("wesar-1b-sweep-")}.yaml'] = mcloud_job(rel, cfg, overrides, name, save_root)
     return jobs
+
+
+def sweep_overrides(method: str, sigma2: float | None, seed: int) -> list[str]:
+    """One sweep run's command-line overrides of its compare-10b YAML, its own run name last (and
+    so its own save folder: a shared one would autoresume another variant's checkpoint)."""
+    tag = method.replace('_', '-') + (f'-s{round(sigma2 / 1e-5)}e-5' if sigma2 is not None else '') + f'-seed{seed}'
+    sigma = [f'model.init_config.sigma2={_short_float(sigma2)}'] if sigma2 is not None else []
+    return [*sigma, f'seed={seed}', f'variables.run_name=wesar-1b-sweep-{tag}']
+
+
+def _short_float(x: float) -> str:
+    """1.6e-4, not 0.00016: the σ² grid as the paper writes it."""
+    mantissa, exponent = f'{x:e}'.split('e')
+    return f'{mantissa.rstrip("0").rstrip(".")}e{int(exponent)}'
 
 
 def dump(cfg: dict[str, Any], header: str = '') -> str:
@@ -297,37 +338,39 @@ def dump(cfg: dict[str, Any], header: str = '') -> str:
 
 
 def _job_header(what: str, save_root: str) -> str:
-    lines = [f'# {what}: mcli run -f <this file>']
+    lines = [f'# {what}: mcli run -f <this file>',
+             "# env_variables FSDP_VERSION: '2' selects Composer's FSDP2 (the WeSaR models refuse its FSDP1)."]
     if save_root == SAVE_ROOT_UNSET:
         lines += ['# First set parameters.variables.save_root to an object store, e.g. s3://YOUR-BUCKET/wesar-foundry',
                   '# (runs save and autoresume in <save_root>/<run_name>; the container\'s disk does not outlive it).',
                   f'# Left at {SAVE_ROOT_UNSET}, the run stops at start: "Missing mandatory value: variables.save_root".']
+    lines += ['# Data: the container starts empty, so set parameters.variables.data_remote and eval_data_remote to where',
+              '# `wesar-foundry prepare --out s3://YOUR-BUCKET/data/<name> ...` put them (data_local/eval_data_local are then',
+              "# streaming's cache). Left unset, wesar_data_check stops the run before any compute, naming these keys."]
     return '\n'.join(lines) + '\n'
+
+
+def _write(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def write_all(root: Path) -> list[Path]:
     """Write the shipped YAMLs and main job files under ``root`` (the repo's ``yamls/``)."""
-    written = []
     files = {rel: dump(cfg, header) for rel, (header, cfg) in shipped_train_yamls().items()}
     header = _job_header('MosaicML platform job', SAVE_ROOT_UNSET)
     files.update({rel: dump(job, header) for rel, job in main_mcloud_jobs().items()})
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
+    return [_write(root / rel, text) for rel, text in files.items()]
 
 
 def write_sweep(out: Path, save_root: str = SAVE_ROOT_UNSET) -> list[Path]:
     """Write the whole 1.3B σ²×seed sweep as job files into ``out``, saving under ``save_root``."""
-    out.mkdir(parents=True, exist_ok=True)
     header = _job_header('MosaicML platform job (1.3B comparison sweep)', save_root)
-    paths = []
-    for rel, job in sweep_jobs(save_root).items():
-        (out / rel).write_text(dump(job, header))
-        paths.append(out / rel)
-    return paths
+    return [_write(out / rel, dump(job, header)) for rel, job in sweep_jobs(save_root).items()]
 
 
 if __name__ == '__main__':

@@ -11,11 +11,13 @@ import csv
 import json
 import math
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wesar_foundry.ratios import infer_layer, infer_role
+from wesar_foundry.remote import download_file, is_uri
 from wesar_foundry.spikes import SpikeRule, detect_spikes
 
 Series = list[tuple[int, float]]
@@ -117,7 +119,18 @@ def _read_csv(path: Path) -> Run:
 
 
 def read_metrics(path: str | Path) -> Run:
-    """Read one run's metrics file (jsonl logger, Composer file logger, W&B or MLflow CSV)."""
+    """Read one run's metrics file (jsonl logger, Composer file logger, W&B or MLflow CSV), local
+    or on an object store (``s3://<bucket>/<run>/metrics.jsonl``: downloaded to a temporary file)."""
+    if is_uri(path):
+        with tempfile.TemporaryDirectory(prefix='wesar-plot-') as tmp:
+            name = path.rstrip('/').rsplit('/', 1)[-1]
+            local = download_file(path, Path(tmp) / name)
+            try:
+                run = read_metrics(local)
+            except ValueError as e:  # name the object, not the temporary copy
+                raise ValueError(str(e).replace(str(local), path)) from None
+        run.path = Path(path.split('://', 1)[1])  # for labels: <bucket>/<run>/metrics.jsonl
+        return run
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'metrics file not found: {path}')

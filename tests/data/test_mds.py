@@ -43,15 +43,33 @@ def test_a_split_that_prepare_did_not_write_names_val_percent(tmp_path, val_perc
 
 
 def test_a_folder_that_is_missing_or_not_prepared_names_prepare(tmp_path):
-    with pytest.raises(ValueError, match='the folder does not exist; `wesar-foundry prepare --out'):
+    with pytest.raises(ValueError, match=r'dataset.local=\S+nowhere does not exist and dataset.remote is not set: '
+                                         r'set dataset.remote .* or dataset.local .*; in the shipped YAMLs: '
+                                         r'variables.data_remote / variables.data_local \(train\), .*; '
+                                         r'`wesar-foundry prepare --out \S+nowhere` makes train and val there'):
         check_split(tmp_path / 'nowhere', 'train')
     (tmp_path / 'other').mkdir()
     with pytest.raises(ValueError, match='holds no prepare.json.*--val-percent sets val'):
         check_split(tmp_path / 'other', 'val')
 
 
-def test_a_remote_loader_is_left_to_streaming(tmp_path):
-    check_split(tmp_path / 'cache', 'val', remote='s3://bucket/data')
+def test_a_remote_folder_is_checked_for_the_split_streaming_will_copy(tmp_path):
+    remote = _prepared(tmp_path, 5, ('train',))
+    check_split(tmp_path / 'cache', 'train', remote=str(remote))  # the cache need not exist yet
+    with pytest.raises(ValueError, match=r'train_loader.dataset.remote=\S+ has no val/index.json: '
+                                         r'`wesar-foundry prepare --out'):
+        check_split(tmp_path / 'cache', 'val', remote=str(remote), key='train_loader.dataset')
+
+
+def test_a_placeholder_path_without_a_remote_names_the_keys_to_set(tmp_path):
+    cfg = OmegaConf.load(ROOT / 'yamls' / 'pretrain' / '1b' / 'wesar-rapid.yaml')
+    with pytest.raises(ValueError, match=r'train_loader: .*train_loader.dataset.local=\./data/refinedweb does not exist '
+                                         r'and train_loader.dataset.remote is not set: .*variables.data_remote or '
+                                         r'variables.data_local'):
+        check_loader_splits(OmegaConf.to_container(cfg, resolve=True))
+    with pytest.raises(ValueError, match=r'eval_loader.dataset has neither local nor remote: .*eval_loader.dataset.remote'
+                                         r'.*variables.eval_data_remote or variables.eval_data_local'):
+        check_loader_splits({'eval_loader': {'name': 'text', 'dataset': {'split': 'val'}}})
 
 
 def test_the_paper_yamls_loaders_are_checked_by_name(tmp_path):

@@ -38,7 +38,7 @@ class Run:
     save_folder: Path
     """Composer's save_folder (sharded ``ep0-ba*`` folders for two ranks)."""
     cwd: Path
-    """Where it ran: the jsonl logger's ``{run_name}/metrics.jsonl`` is relative to it."""
+    """Where it ran (the paper YAMLs' jsonl logger writes ``save_folder/metrics.jsonl``)."""
     run_name: str
     metrics: dict[str, dict[int, float]]
     """Logged metrics, {key: {step: value}}."""

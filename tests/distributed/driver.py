@@ -74,6 +74,7 @@ def collect(trainer) -> dict:
     states = {type(cb).__name__: cb.state_dict() for cb in trainer.state.callbacks
               if type(cb).__name__ in ('LossSpikeMonitor', 'UpdateRatioMonitor')}
     model = trainer.state.model
+    model = getattr(model, 'module', model)  # a DDP run's ComposerModel
     params = list(model.parameters())
     # Counted before the forward below: FSDP2 keeps the root's parameters unsharded after one.
     sharded = sum(hasattr(p, 'to_local') for p in params)

@@ -16,13 +16,16 @@ COMPOSER = Path(sys.executable).with_name('composer')
 
 
 def run_ranks(script: Path, args: list[str], cwd: Path, n: int = 2, timeout: int = 600,
-              expect_failure: bool = False) -> subprocess.CompletedProcess:
+              expect_failure: bool = False, fsdp_version: str | None = '2') -> subprocess.CompletedProcess:
     """``FSDP_VERSION=2 composer -n <n> <script> <args>`` in ``cwd``; its own process group, so a
-    rank can SIGKILL the whole job the way a preemption would."""
+    rank can SIGKILL the whole job the way a preemption would. ``fsdp_version=None`` leaves
+    ``FSDP_VERSION`` out of the environment (Composer then takes FSDP1), as a user's bare launch does."""
     cwd.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE',
-                                                             'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
-    env.update(FSDP_VERSION='2', PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM='false', OMP_NUM_THREADS='1')
+                                                             'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'FSDP_VERSION')}
+    env.update(PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM='false', OMP_NUM_THREADS='1')
+    if fsdp_version is not None:
+        env['FSDP_VERSION'] = fsdp_version
     log = cwd / 'launch.log'
     with open(log, 'w') as out:
         proc = subprocess.run([str(COMPOSER), '-n', str(n), '--stdout', str(cwd / 'rank{rank}.stdout'),

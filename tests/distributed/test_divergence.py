@@ -25,7 +25,7 @@ def diverged(tiny_data, tmp_path_factory) -> dict:
     j = job('wesar', work, tiny_data, 2, *DIVERGE, name='diverged')
     run_train_jobs([j], work / 'launch', expect_failure=True)
     cwd = Path(j['cwd'])
-    rows = [json.loads(line) for line in (cwd / 'diverged-2rank' / 'metrics.jsonl').read_text().splitlines()]
+    rows = [json.loads(line) for line in (cwd / 'checkpoints' / 'metrics.jsonl').read_text().splitlines()]
     logs = {'rank0': (work / 'launch' / 'launch.log').read_text(), 'rank1': (work / 'launch' / 'rank1.stderr').read_text()}
     return {'folder': cwd / 'checkpoints', 'rows': rows, 'logs': logs, 'work': work}
 

@@ -16,7 +16,7 @@ KILL_AT = 8  # the last checkpoint before it is at step 5
 
 
 def jsonl_rows(run: Run) -> list[dict]:
-    path = run.cwd / run.run_name / 'metrics.jsonl'
+    path = run.save_folder / 'metrics.jsonl'  # the paper YAMLs' jsonl path: the save folder
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -33,7 +33,7 @@ def preempted(tiny_data, tmp_path_factory) -> dict:
     run_train_jobs([j], work / 'launch', expect_failure=True)
     killed = {'marker': marker.exists(), 'result': (Path(j['out']) / 'result.pt').exists(),
               'folders': sorted(p.name for p in (Path(j['cwd']) / 'checkpoints').glob('ep*')),
-              'rows': len((Path(j['cwd']) / 'preempted-2rank' / 'metrics.jsonl').read_text().splitlines())}
+              'rows': len((Path(j['cwd']) / 'checkpoints' / 'metrics.jsonl').read_text().splitlines())}
     run_train_jobs([j], work / 'launch')  # the same command again
     return {'killed': killed, 'resumed': as_run(j, result(j))}
 

@@ -77,14 +77,34 @@ def with_eos(ids: list[list[int]], eos: int):
     return np.array(flat, dtype=np.int32)
 
 
-def check_split(local: str | Path, split: str | None, remote: str | None = None) -> None:
-    """Raise ValueError, naming the split and the ``prepare`` option that makes it, when the MDS
-    folder a loader will read (``local``/``split``) has no ``index.json``.
+# The shipped paper YAMLs set each loader's dataset through these variables.
+_YAML_VARIABLES = {'train_loader': 'data', 'eval_loader': 'eval_data'}
 
-    A loader with a ``remote`` downloads the index into ``local`` itself: nothing to check here.
+
+def _set_keys(key: str) -> str:
+    """The config keys that point a loader at its data, for error messages."""
+    loader = key.split('.', 1)[0].split('[', 1)[0]
+    var = _YAML_VARIABLES.get(loader, 'eval_data' if loader == 'eval_loaders' else None)
+    yaml = (f'variables.{var}_remote or variables.{var}_local' if var else
+            'variables.data_remote / variables.data_local (train), variables.eval_data_remote / '
+            'variables.eval_data_local (eval)')
+    return (f'set {key}.remote (an object store URI, e.g. s3://<bucket>/<prefix>) or {key}.local (a prepared folder); '
+            f'in the shipped YAMLs: {yaml}')
+
+
+def check_split(local: str | Path | None, split: str | None, remote: str | None = None, key: str = 'dataset') -> None:
+    """Raise ValueError, naming the split, the config key (``key``: the loader's ``dataset``) and the
+    ``prepare`` command that makes it, when the MDS split a loader will read has no ``index.json``.
+
+    With a ``remote``, the remote's index is checked (streaming downloads it into ``local``), and
+    a remote a ``prepare`` upload left unfinished (shards, no index) is named as such. Without
+    one, ``local`` must exist (a placeholder path that does not is refused with the keys to set).
     """
     if remote:
+        _check_remote_split(str(remote), split, key)
         return
+    if local is None:
+        raise ValueError(f'{key} has neither local nor remote: {_set_keys(key)}')
     folder = Path(local)
     index = folder / split / 'index.json' if split else folder / 'index.json'
     if index.is_file():
@@ -92,24 +112,54 @@ def check_split(local: str | Path, split: str | None, remote: str | None = None)
     where = f'split {split!r} of {local}' if split else f'{local}'
     manifest = folder / MANIFEST
     if not folder.is_dir():
-        hint = f'the folder does not exist; `wesar-foundry prepare --out {local}` makes train and val'
+        hint = (f'{key}.local={local} does not exist and {key}.remote is not set: {_set_keys(key)}; '
+                f'`wesar-foundry prepare --out {local}` makes train and val there')
     elif manifest.is_file():
         cfg = json.loads(manifest.read_text()).get('config', {})
-        vp = cfg.get('val_percent')
-        if split == 'val' and vp is not None and vp <= 0:
-            hint = (f'it was prepared with --val-percent {vp:g} (train only); prepare it again with --val-percent > 0 '
-                    '(e.g. 5), or give the eval loader another folder')
-        elif split == 'train' and vp is not None and vp >= 100:
-            hint = (f'it was prepared with --val-percent {vp:g} (an eval-only set); prepare it again with '
-                    '--val-percent < 100 (e.g. 5) to train on it')
-        elif split not in SPLITS:
-            hint = f'`wesar-foundry prepare` writes the splits {", ".join(SPLITS)} only'
-        else:
-            hint = 'the folder is incomplete; run `wesar-foundry prepare` again with --force'
+        hint = _split_hint(split, cfg.get('val_percent'), f'run `wesar-foundry prepare --out {local}` again with --force')
     else:
         hint = (f'{local} holds no {MANIFEST}, so `wesar-foundry prepare` did not make it; `wesar-foundry prepare '
                 f'--out {local}` makes train and val (--val-percent sets val\'s share)')
     raise ValueError(f'{where} has no {index.relative_to(folder)}: {hint}')
+
+
+def _split_hint(split: str | None, vp: float | None, incomplete: str) -> str:
+    if split == 'val' and vp is not None and vp <= 0:
+        return (f'it was prepared with --val-percent {vp:g} (train only); prepare it again with --val-percent > 0 '
+                '(e.g. 5), or give the eval loader another folder')
+    if split == 'train' and vp is not None and vp >= 100:
+        return (f'it was prepared with --val-percent {vp:g} (an eval-only set); prepare it again with '
+                '--val-percent < 100 (e.g. 5) to train on it')
+    if split not in SPLITS:
+        return f'`wesar-foundry prepare` writes the splits {", ".join(SPLITS)} only'
+    return f'the folder is incomplete; {incomplete}'
+
+
+def _check_remote_split(remote: str, split: str | None, key: str) -> None:
+    """check_split for ``remote``: an object store URI, or a local folder streaming copies from."""
+    if '://' not in remote:
+        if not (Path(remote) / (split or '') / 'index.json').is_file():
+            raise ValueError(f'{key}.remote={remote} has no {split + "/" if split else ""}index.json: '
+                             f'`wesar-foundry prepare --out {remote}` makes train and val there')
+        return
+    from wesar_foundry.remote import Store, join, split_uri
+    index = join(split or '', 'index.json')
+    prepare_cmd = f'`wesar-foundry prepare --out {remote}`'
+    try:
+        store, (_, prefix) = Store(remote), split_uri(remote)
+        if store.exists(join(prefix, index)):
+            return
+        if store.exists(join(prefix, MANIFEST)):
+            cfg = json.loads(store.read_text(join(prefix, MANIFEST))).get('config', {})
+            hint = _split_hint(split, cfg.get('val_percent'), f'run {prepare_cmd} again with --force')
+        elif store.keys(prefix):
+            hint = (f'it holds objects but no {MANIFEST}: an unfinished {prepare_cmd} upload (the indexes and the '
+                    f'manifest go up last), or not a dataset prepare made; run {prepare_cmd} again with --force')
+        else:
+            hint = f'nothing is there; {prepare_cmd} prepares a dataset and uploads it there'
+    except ValueError as e:
+        raise ValueError(f'{key}.remote={remote}: {e}') from None
+    raise ValueError(f'{key}.remote={remote} has no {index} (split {split!r}): {hint}')
 
 
 def check_loader_splits(train_config: Mapping[str, Any]) -> None:
@@ -129,11 +179,13 @@ def check_loader_splits(train_config: Mapping[str, Any]) -> None:
             continue
         dataset = loader.get('dataset') or {}
         streams = dataset.get('streams') or {}
-        for stream in [dataset] + list(streams.values()):
-            local = stream.get('local')
-            if local is None:
-                continue
+        if streams:  # each stream names its own data; the dataset's local/remote are their defaults
+            named = [(f'{key}.dataset.streams.{name}', stream) for name, stream in streams.items()]
+        else:
+            named = [(f'{key}.dataset', dataset)]
+        for where, stream in named:
             try:
-                check_split(local, stream.get('split', dataset.get('split')), stream.get('remote', dataset.get('remote')))
+                check_split(stream.get('local'), stream.get('split', dataset.get('split')),
+                            stream.get('remote', dataset.get('remote')), key=where)
             except ValueError as e:
                 raise ValueError(f'{key}: {e}') from None

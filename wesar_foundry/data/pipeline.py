@@ -26,6 +26,7 @@ from wesar_foundry.atomic import staged_dir
 from wesar_foundry.data.mds import MANIFEST, SampleWriter, is_val, splits_written, with_eos
 from wesar_foundry.data.sources import DEFAULT_SOURCE, DOC_CHARS, check_sources, iter_documents
 from wesar_foundry.data.tokenizer import DocumentEncoder, load_tokenizer, train_tokenizer
+from wesar_foundry.remote import is_uri
 
 BATCH_CHARS = 1 << 20
 """Characters encoded per batch (the unit the tokenizer spreads over the cores)."""
@@ -37,7 +38,8 @@ class PrepareConfig:
     """What ``wesar-foundry prepare`` builds."""
 
     out: str = 'wesar-data'
-    """Output folder: ``tokenizer/``, ``train/`` and ``val/`` MDS, and a manifest."""
+    """Output folder: ``tokenizer/``, ``train/`` and ``val/`` MDS, and a manifest; or an object store
+    URI (``s3://<bucket>/<prefix>``): prepared in a temporary folder, then uploaded."""
     sources: list[str] = field(default_factory=lambda: [DEFAULT_SOURCE])
     """``docstrings``, local .txt/.tokens/.jsonl paths, or ``hf:<name>[:<config>]``."""
     tokenizer: str | None = None
@@ -157,12 +159,16 @@ def _same(a: dict | None, b: dict) -> bool:
     return a is not None and drop(a) == drop(b)
 
 
-def prepare(cfg: PrepareConfig, force: bool = False) -> Path:
+def prepare(cfg: PrepareConfig, force: bool = False) -> Path | str:
     """Build tokenizer + train/val MDS into ``cfg.out``; reuse it if built with the same config.
 
     Everything is written to a temporary sibling folder and renamed at the end, so an
-    interrupted run leaves no half-written dataset behind.
+    interrupted run leaves no half-written dataset behind. An object store ``cfg.out``
+    (``s3://...``) is prepared locally, then uploaded (``wesar_foundry.data.upload``).
     """
+    if is_uri(cfg.out):
+        from wesar_foundry.data.upload import prepare_remote
+        return prepare_remote(cfg, force)
     cfg.validate()
     out = Path(cfg.out)
     manifest = out / MANIFEST

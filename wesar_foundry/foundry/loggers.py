@@ -11,6 +11,14 @@ resumed from that checkpoint (autoresume after a preemption, or ``load_path``) c
 to that length and appends: the steps the interrupted run logged after its last checkpoint are
 run and logged again, so every step appears exactly once. The file is therefore opened at
 ``FIT_START``, after the checkpoint is loaded; what is logged before is buffered.
+
+**On an object store.** ``path`` may be a URI (``s3://<bucket>/<run>/metrics.jsonl``; the paper
+YAMLs use ``${variables.save_folder}/metrics.jsonl``), so the file outlives the machine. The logger
+writes a local copy (``{run_name}/<file name>`` in the working folder) and uploads it, synchronously
+through Composer's object store, whenever its state is taken for a checkpoint (before the
+checkpoint is written, so a checkpoint never records more of the file than the store holds) and
+at the end of fit and at close. A resumed run downloads it first, then cuts it back as above, so a
+restart on a fresh machine continues the same file.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
+from wesar_foundry.remote import Store, is_uri, split_uri
+
 log = logging.getLogger(__name__)
 
 
@@ -42,8 +52,8 @@ class JSONLLogger(LoggerDestination):
     """Write every logged metric to ``path`` as JSON lines, each flushed as it is written.
 
     Args:
-        path: output file; ``{run_name}`` and ``{rank}`` are filled in. Default
-            ``{run_name}/metrics.jsonl``.
+        path: output file, local or an object store URI (``s3://...``); ``{run_name}`` and ``{rank}`` are
+            filled in. Default ``{run_name}/metrics.jsonl``.
         all_ranks: write one file per rank (``path`` must then contain ``{rank}``); default rank 0 only.
         overwrite: replace an existing file when the run starts from scratch, instead of failing
             (a resumed run always continues its file).
@@ -62,6 +72,9 @@ class JSONLLogger(LoggerDestination):
         self._pending: list[str] = []
         self._header: dict[str, Any] = {}
         self._resume_offset: int | None = None
+        self.uri: str | None = None
+        """The object store copy, when ``path`` is a URI (``self.path`` is then the local copy)."""
+        self._store: Store | None = None
 
     @property
     def _enabled(self) -> bool:
@@ -70,13 +83,22 @@ class JSONLLogger(LoggerDestination):
     def init(self, state: State, logger: Logger) -> None:
         if not self._enabled:
             return
-        self.path = Path(self.path_template.format(run_name=state.run_name, rank=dist.get_global_rank()))
+        path = self.path_template.format(run_name=state.run_name, rank=dist.get_global_rank())
+        if is_uri(path):
+            self.uri = path
+            self.path = Path(state.run_name) / path.rstrip('/').rsplit('/', 1)[-1]
+            self._store = Store(path)
+            self._store.exists(split_uri(path)[1])  # a bad bucket or missing credentials fail here, before training
+        else:
+            self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if not self._enabled or self._file is not None:
             return
         resumed = int(state.timestamp.batch) > 0
+        if resumed and self.uri is not None:
+            self._download()
         if resumed and self._resume_offset is not None and self.path.exists():
             self._file = open(self.path, 'r+', encoding='utf-8')
             # Drop what the interrupted run logged after its checkpoint: those steps run again.
@@ -104,7 +126,20 @@ class JSONLLogger(LoggerDestination):
         if self._file is not None:
             self._file.flush()
             offset = self._file.tell()
+            self._upload()  # before the checkpoint that records `offset` is written
         return {'offset': offset, 'rank': dist.get_global_rank()}
+
+    def _upload(self) -> None:
+        if self.uri is not None and self.path is not None and self.path.is_file():
+            self._store.upload(self.path, split_uri(self.uri)[1])
+
+    def _download(self) -> None:
+        """The object store's copy replaces the local one (which a fresh machine does not have)."""
+        try:
+            self._store.download(split_uri(self.uri)[1], self.path)
+        except FileNotFoundError:
+            where = f'the local copy {self.path}' if self.path.exists() else 'a new file'
+            log.warning('loggers.jsonl: resumed, but %s does not exist; continuing %s', self.uri, where)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         offset = int(state.get('offset', -1))
@@ -133,9 +168,15 @@ class JSONLLogger(LoggerDestination):
             return
         self._write({'step': step, **{k: _jsonable(v) for k, v in metrics.items()}})
 
+    def fit_end(self, state: State, logger: Logger) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._upload()
+
     def close(self, state: State, logger: Logger) -> None:
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+            self._upload()

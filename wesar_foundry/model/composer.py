@@ -18,6 +18,7 @@ from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import HuggingFaceModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from wesar_foundry.foundry.fsdp_check import check_fsdp_version
 from wesar_foundry.model.config import WeSaRModelConfig
 from wesar_foundry.model.hf import WeSaRHFOptions, build_hf_config, gated_class, stock_class
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
@@ -101,6 +102,8 @@ class ReparamComposerModel(HuggingFaceModel):
 
     # The keys of ``loss()``: Composer logs each as ``loss/train/<key>``.
     loss_names = ('total', 'ce', 'z_loss')
+    # The ``models`` registry name, for errors.
+    registry_name = 'wesar'
 
     def __init__(self, model, tokenizer, *, z_loss: float, use_train_metrics: bool, n_layers: int, d_model: int,
                  sigma_choice: SigmaChoice):
@@ -119,6 +122,20 @@ class ReparamComposerModel(HuggingFaceModel):
         lookups = {id(p) for m in model.modules() if isinstance(m, ReparamMatrix) and m.kind == 'embedding'
                    for p in m.parameters()}
         self._matmul_params = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+
+    @property
+    def logger(self):
+        return self.__dict__.get('logger')
+
+    @logger.setter
+    def logger(self, value) -> None:
+        # The Trainer hands over its Logger (which holds its State) after choosing FSDP1 or FSDP2 and
+        # before wrapping: the one moment we can refuse FSDP1 in time (see fsdp_check). Stored under
+        # 'logger' in __dict__, which ComposerModel's __deepcopy__ shares instead of copying.
+        state = getattr(value, '_state', None)
+        if state is not None and value is not self.__dict__.get('logger'):
+            check_fsdp_version(state, self.registry_name)
+        self.__dict__['logger'] = value
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         # Labels stay out of the HF forward, so it computes no loss of its own.
@@ -146,6 +163,8 @@ class WeSaRComposerModel(ReparamComposerModel):
     """A Composer model around ``WeSaRLlamaForCausalLM``; every ``model:`` YAML key but
     ``name``/``init_device`` is a ``WeSaRModelConfig`` field."""
 
+    registry_name = 'wesar_llama'
+
     def __init__(self, tokenizer=None, init_device: str = 'cpu', **model_kwargs: Any):
         cfg = WeSaRModelConfig.from_kwargs(model_kwargs)
         if init_device not in INIT_DEVICES:
@@ -172,6 +191,8 @@ class WeSaRHFComposerModel(ReparamComposerModel):
     """A Composer model around a stock HF causal decoder with reparameterized matrices
     (``wesar_foundry.model.hf``); every ``model:`` YAML key but ``name``/``init_device`` is a
     ``WeSaRHFOptions`` field."""
+
+    registry_name = 'wesar_hf'
 
     def __init__(self, tokenizer=None, init_device: str = 'cpu', **model_kwargs: Any):
         opts = WeSaRHFOptions.from_kwargs(model_kwargs)

@@ -8,7 +8,9 @@ seeds for Small init and Residual Scaling: 85 jobs, each the shipped
     for f in sweep-jobs/*.yaml; do mcli run -f "$f"; done
 
 Every job saves and autoresumes in its own ``<save-root>/<run_name>``: an object store, since a
-container's disk does not outlive the job.
+container's disk does not outlive the job. Every job sets ``env_variables: {FSDP_VERSION: '2'}``
+(Composer's FSDP2; the WeSaR models refuse its FSDP1). From a pip install, without this
+checkout: ``wesar-foundry configs --out wesar-yamls --sweep-save-root s3://<bucket>/wesar-foundry``.
 """
 
 import argparse

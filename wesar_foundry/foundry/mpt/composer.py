@@ -20,6 +20,8 @@ from wesar_foundry.model.composer import ReparamComposerModel
 class WeSaRMPTComposerModel(ReparamComposerModel):
     """llm-foundry's MPT with reparameterized matrices, registered in ``models`` as ``wesar_mpt``."""
 
+    registry_name = 'wesar_mpt'
+
     def __init__(self, tokenizer=None, **model_kwargs: Any):
         options, mpt_kwargs = MPTOptions.split(model_kwargs)
         config = WeSaRMPTConfig(reparam=options.reparam, sigma_reparam_gamma_init=options.sigma_reparam_gamma_init,
