@@ -110,6 +110,15 @@ def test_a_failed_upload_is_recognized_as_incomplete_and_force_replaces_it_marke
     check_split(tmp_path / 'cache', 'val', remote=uri)
 
 
+def test_force_never_deletes_objects_that_prepare_did_not_upload(s3, tiny_data, uploads):
+    bucket = s3.bucket()
+    s3.client.put_object(Bucket=bucket, Key='data/train/shard.00000.mds', Body=b'half an upload')
+    s3.client.put_object(Bucket=bucket, Key='data/checkpoints/ep0-ba5/.metadata', Body=b'a run')
+    with pytest.raises(FileExistsError, match=r'holds objects that prepare does not write \(checkpoints/ep0-ba5/.metadata\)'):
+        prepare(_cfg(tiny_data, f's3://{bucket}/data'), force=True)
+    assert uploads == [] and len(s3.keys(bucket)) == 2
+
+
 def test_a_missing_bucket_is_named_by_every_command(s3, tmp_path, capsys):
     for argv in (['prepare', '--out', 's3://no-such-bucket/data'],
                  ['export', 's3://no-such-bucket/run', str(tmp_path / 'out')],

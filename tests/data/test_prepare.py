@@ -138,6 +138,30 @@ def test_a_second_prepare_with_the_same_config_reuses_and_another_config_is_refu
         prepare(PrepareConfig(out=str(tmp_path / 'd'), sources=[str(src)], vocab_size=301, seq_len=16))
 
 
+def test_force_never_deletes_a_folder_that_prepare_did_not_make(tmp_path):
+    src = _write(tmp_path / 'c.txt', TEXT)
+    notes = tmp_path / 'notes'
+    (notes / 'sub').mkdir(parents=True)
+    (notes / 'thesis.tex').write_text('months of work')
+    for force in (False, True):
+        with pytest.raises(FileExistsError, match=r'is not a prepared dataset \(it holds sub, thesis.tex\).*even with --force'):
+            prepare(PrepareConfig(out=str(notes), sources=[str(src)], vocab_size=300, seq_len=16), force=force)
+    assert (notes / 'thesis.tex').read_text() == 'months of work'
+
+
+def test_force_replaces_a_dataset_but_not_files_kept_beside_it(tmp_path):
+    src = _write(tmp_path / 'c.txt', TEXT)
+    cfg = PrepareConfig(out=str(tmp_path / 'd'), sources=[str(src)], vocab_size=300, seq_len=16)
+    prepare(cfg)
+    other = PrepareConfig(out=str(tmp_path / 'd'), sources=[str(src)], vocab_size=301, seq_len=16)
+    prepare(other, force=True)  # a dataset and nothing else: replaced
+    assert json.loads((tmp_path / 'd' / MANIFEST).read_text())['config']['vocab_size'] == 301
+    (tmp_path / 'd' / 'README.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match=r'it holds README.txt'):
+        prepare(cfg, force=True)
+    assert (tmp_path / 'd' / 'README.txt').read_text() == 'mine'
+
+
 def test_a_folder_built_before_an_option_existed_is_reused_at_that_options_default(tmp_path):
     cfg = PrepareConfig(out=str(tmp_path / 'd'), sources=[str(_write(tmp_path / 'c.txt', TEXT))], vocab_size=300,
                         seq_len=16, max_chars=4_000_000)

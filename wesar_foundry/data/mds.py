@@ -17,6 +17,14 @@ from typing import Any
 
 MANIFEST = 'prepare.json'
 SPLITS = ('train', 'val')
+# Everything `prepare` writes at the top of a dataset. A folder (or object-store prefix) holding
+# anything else is not prepare's to replace, --force or not: --force would delete the rest with it.
+PREPARED_ENTRIES = frozenset({MANIFEST, 'tokenizer', *SPLITS})
+
+
+def foreign_entries(names) -> list[str]:
+    """The relative paths among ``names`` that ``prepare`` does not write (sorted)."""
+    return sorted(n for n in names if n.split('/', 1)[0] not in PREPARED_ENTRIES)
 
 
 def is_val(doc: str, val_percent: float) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from wesar_foundry.atomic import staged_dir
-from wesar_foundry.data.mds import MANIFEST, SampleWriter, is_val, splits_written, with_eos
+from wesar_foundry.data.mds import MANIFEST, SampleWriter, foreign_entries, is_val, splits_written, with_eos
 from wesar_foundry.data.sources import DEFAULT_SOURCE, DOC_CHARS, check_sources, iter_documents
 from wesar_foundry.data.tokenizer import DocumentEncoder, load_tokenizer, train_tokenizer
 from wesar_foundry.remote import is_uri
@@ -177,8 +177,18 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path | str:
             _progress(f'reusing {out} (same config; --force rebuilds)')
             return out
         raise FileExistsError(f'{out} holds data prepared with another config; pass --force to replace it')
-    if out.exists() and not manifest.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f'{out} exists and is not a prepared dataset; pass --force or choose another out')
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f'--out {out} is a file, not a dataset folder; choose another --out')
+    if out.exists():
+        # Local output is staged (written whole or not at all), so a folder without a manifest was
+        # never prepare's: --force must not delete it, nor anything else kept beside a dataset.
+        present = [p.name for p in out.iterdir()]
+        foreign = foreign_entries(present)
+        if foreign or (present and not manifest.exists()):
+            what = ', '.join(foreign[:5]) + (' ...' if len(foreign) > 5 else '') if foreign else f'no {MANIFEST}'
+            raise FileExistsError(f'--out {out} is not a prepared dataset (it holds {what}); prepare replaces only '
+                                  'a folder it made, even with --force: choose another --out, or move those files '
+                                  'away yourself')
 
     splits = splits_written(cfg.val_percent)
     if len(splits) == 1:

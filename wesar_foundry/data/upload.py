@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wesar_foundry.data.mds import MANIFEST
+from wesar_foundry.data.mds import MANIFEST, foreign_entries
 from wesar_foundry.remote import Store, join, split_uri
 
 if TYPE_CHECKING:
@@ -57,6 +57,12 @@ def prepare_remote(cfg: PrepareConfig, force: bool = False) -> str:
     # Before any compute: what is already there (this also fails early on a bad bucket or credentials).
     existing = store.keys(prefix)
     manifest = join(prefix, MANIFEST)
+    # --force deletes what is under the prefix: only ever a dataset (or an unfinished upload of one).
+    foreign = foreign_entries(k[len(prefix):].lstrip('/') if prefix else k for k in existing)
+    if foreign:
+        listed = ', '.join(foreign[:5]) + (' ...' if len(foreign) > 5 else '')
+        raise FileExistsError(f'{uri} holds objects that prepare does not write ({listed}); prepare replaces only a '
+                              'dataset it uploaded, even with --force: choose another --out prefix')
     if existing and not force:
         if manifest in existing:
             if _same(json.loads(store.read_text(manifest)).get('config'), asdict(cfg)):
