@@ -13,6 +13,7 @@ from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.models.utils.param_init_fns import norm_init
 from torch import nn
 
+from wesar_foundry.foundry.init_fns import plain_matrices_replaced
 from wesar_foundry.foundry.mpt.config import WeSaRMPTConfig, check_expressible
 from wesar_foundry.foundry.mpt.gating import place_matrices_
 from wesar_foundry.model.modeling import ReparamModelMixin, new_matrix
@@ -26,7 +27,8 @@ class WeSaRMPTForCausalLM(ReparamModelMixin, MPTForCausalLM):
 
     def __init__(self, config: WeSaRMPTConfig):
         check_expressible(config)
-        super().__init__(config)
+        with plain_matrices_replaced():  # MPT initializes its stock matrices here; replaced just below
+            super().__init__(config)
 
         def make(rows: int, cols: int, role: str, kind: str, *, bias: bool, device) -> nn.Module:
             return new_matrix(config.reparam, rows, cols, role, kind, init_target=config.init_target,
