@@ -190,3 +190,9 @@ def test_yamls_eval_in_a_checkout_is_the_shipped_task_folder():
     """`lm_eval --include_path yamls/eval` (README) reads the configs the package ships."""
     from wesar_foundry.eval import TASK_DIR
     assert (ROOT / 'yamls' / 'eval').resolve() == TASK_DIR.resolve()
+
+
+def test_eval_without_lm_eval_installed_says_how_to_install_it(model_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'lm_eval', None)  # what a missing package raises: ModuleNotFoundError
+    assert main(['eval', str(model_dir)]) == 2
+    assert "pip install -c constraints.txt -e '.[eval]'" in capsys.readouterr().err

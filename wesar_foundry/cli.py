@@ -73,8 +73,13 @@ def _configs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(',') if x]
+def _numbers(text: str, kind: type, option: str) -> list:
+    """``'1e-3,3e-3'`` → numbers of ``kind``; an empty or malformed item is an error naming ``option``."""
+    try:
+        return [kind(x) for x in text.split(',')]
+    except ValueError:
+        raise ValueError(f'{option} {text!r}: expected comma-separated {kind.__name__}s, e.g. '
+                         f'{"17,18" if kind is int else "1e-3,3e-3"}') from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,9 +88,9 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         out=args.out, data=args.data, sources=args.source or defaults.sources,
         methods=args.methods.split(',') if args.methods else defaults.methods,
-        seeds=[int(s) for s in args.seeds.split(',')] if args.seeds else defaults.seeds,
+        seeds=_numbers(args.seeds, int, '--seeds') if args.seeds else defaults.seeds,
         # `is not None`, not truthiness: --steps 0 / --lr 0 are refused by DemoConfig, not replaced.
-        lrs=_floats(args.lrs) if args.lrs is not None else ([args.lr] if args.lr is not None else defaults.lrs),
+        lrs=_numbers(args.lrs, float, '--lrs') if args.lrs is not None else ([args.lr] if args.lr is not None else defaults.lrs),
         steps=args.steps if args.steps is not None else defaults.steps,
     )
     run_demo(cfg)
@@ -189,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--source', action='append', help="corpus for prepare: 'docstrings' (default), .txt/.jsonl, hf:<name>")
     p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto (default: wesar,small)')
     p.add_argument('--seeds', help='comma-separated seeds (default: 17)')
-    p.add_argument('--lr', type=float, help='peak learning rate (default: 1e-3)')
-    p.add_argument('--lrs', help='learning-rate sweep, e.g. 1e-3,3e-3,1e-2: draws held-out loss vs lr per method')
+    one_or_sweep = p.add_mutually_exclusive_group()  # both given, one would be silently ignored
+    one_or_sweep.add_argument('--lr', type=float, help='peak learning rate (default: 1e-3)')
+    one_or_sweep.add_argument('--lrs', help='learning-rate sweep, e.g. 1e-3,3e-3,1e-2: draws held-out loss vs lr per method')
     p.add_argument('--steps', type=int, help='optimizer steps per run (default: 200)')
     p.set_defaults(func=_demo)
     return parser
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f'wesar-foundry {args.command}: error: {e}', file=sys.stderr)
         return 2
 

@@ -133,8 +133,12 @@ def write_task_dir(cfg: EvalConfig, out: Path) -> None:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run lm-eval on ``cfg.model_dir``; returns {'tasks': {task: {metric: value, 'docs': n, 'data': ...}}, ...}."""
+    try:
+        import lm_eval
+    except ModuleNotFoundError as e:
+        raise ImportError(f'wesar-foundry eval runs lm-eval-harness, which is not installed ({e}); install it with '
+                          "pip install -c constraints.txt -e '.[eval]' in a checkout, or pip install 'lm-eval>=0.4.8'") from None
     cfg.validate()
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
