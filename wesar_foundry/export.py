@@ -81,6 +81,7 @@ from wesar_foundry.model.hf import (
     CONFIG_KEY, build_gated_model, from_checkpoint_config, is_gated_hf, stock_class, stock_config,
 )
 from wesar_foundry.model.modeling import WeSaRLlamaForCausalLM
+from wesar_foundry.remote import is_uri
 from wesar_foundry.reparam import ReparamMatrix
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -569,7 +570,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     dtype = parse_dtype(dtype) if dtype is not None else None
     parse_shard_size(max_shard_size)
     src = str(checkpoint)
-    remote = '://' in src
+    remote = is_uri(src)
     protect = () if remote else (src,)
     check_output_dir(out_dir, force, protect)  # fail before reading a large file
     with tempfile.TemporaryDirectory(prefix='wesar-export-') as work:

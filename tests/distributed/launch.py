@@ -40,12 +40,13 @@ def run_ranks(script: Path, args: list[str], cwd: Path, n: int = 2, timeout: int
     return proc
 
 
-def run_train_jobs(jobs: list[dict], work: Path, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``jobs`` (see ``driver.py``) one after another in one two-rank launch."""
+def run_train_jobs(jobs: list[dict], work: Path, driver: Path = DRIVER, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``jobs`` (see ``driver.py``) one after another in one two-rank launch of ``driver``
+    (``driver.py``, or a script that adds test callbacks to it)."""
     work.mkdir(parents=True, exist_ok=True)
     spec = work / 'jobs.json'
     spec.write_text(json.dumps(jobs, indent=1))
-    return run_ranks(DRIVER, [str(spec)], work, **kwargs)
+    return run_ranks(driver, [str(spec)], work, **kwargs)
 
 
 def result(job: dict) -> dict:

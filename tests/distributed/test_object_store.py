@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.distributed.configs import overrides
-from tests.distributed.launch import result, run_ranks
+from tests.distributed.launch import result, run_train_jobs
 from tests.s3 import s3  # noqa: F401 (fixture)
 from tests.stock_llama import load_with_stock_transformers
 from wesar_foundry.cli import main as cli
@@ -34,12 +34,6 @@ STORE_DRIVER = Path(__file__).with_name('store_driver.py')
 def _job(work: Path, phase: str, cmd: list[str]) -> dict:
     cwd = work / phase  # a fresh working folder per launch: nothing local survives the "machine"
     return {'reparam': 'wesar', 'cwd': str(cwd), 'out': str(cwd / 'out'), 'overrides': cmd}
-
-
-def _launch(job: dict, work: Path, **kwargs) -> None:
-    work.mkdir(parents=True, exist_ok=True)
-    (work / 'jobs.json').write_text(json.dumps([job], indent=1))
-    run_ranks(STORE_DRIVER, [str(work / 'jobs.json')], work, **kwargs)
 
 
 def _rows(text: bytes) -> list[dict]:
@@ -65,12 +59,12 @@ def store_run(s3, tiny_data, tmp_path_factory) -> dict:
                     f'callbacks.test_preempt_after_upload.link={save}/latest-sharded-rank0.symlink',
                     f'callbacks.test_preempt_after_upload.checkpoint={RUN}/ep0-ba5')
     first, second = _job(work, 'first', cmd), _job(work, 'second', cmd)
-    _launch(first, work / 'launch-1', expect_failure=True)
+    run_train_jobs([first], work / 'launch-1', driver=STORE_DRIVER, expect_failure=True)
     killed = {'marker': marker.exists(), 'keys': s3.keys(bucket, f'{RUN}/'),
               'rows': _rows(s3.read(bucket, f'{RUN}/metrics.jsonl')),
               'latest': s3.read(bucket, f'{RUN}/latest-sharded-rank0.symlink').decode()}
     assert not Path(second['cwd']).exists()
-    _launch(second, work / 'launch-2')
+    run_train_jobs([second], work / 'launch-2', driver=STORE_DRIVER)
     return {'bucket': bucket, 'save': save, 'killed': killed, 'resumed': result(second), 'work': work,
             'rows': _rows(s3.read(bucket, f'{RUN}/metrics.jsonl')), 'keys': s3.keys(bucket, f'{RUN}/')}
 

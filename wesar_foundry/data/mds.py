@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from wesar_foundry.remote import Store, is_uri, join, split_uri
+
 MANIFEST = 'prepare.json'
 SPLITS = ('train', 'val')
 # Everything `prepare` writes at the top of a dataset. A folder (or object-store prefix) holding
@@ -145,12 +147,11 @@ def _split_hint(split: str | None, vp: float | None, incomplete: str) -> str:
 
 def _check_remote_split(remote: str, split: str | None, key: str) -> None:
     """check_split for ``remote``: an object store URI, or a local folder streaming copies from."""
-    if '://' not in remote:
+    if not is_uri(remote):
         if not (Path(remote) / (split or '') / 'index.json').is_file():
             raise ValueError(f'{key}.remote={remote} has no {split + "/" if split else ""}index.json: '
                              f'`wesar-foundry prepare --out {remote}` makes train and val there')
         return
-    from wesar_foundry.remote import Store, join, split_uri
     index = join(split or '', 'index.json')
     prepare_cmd = f'`wesar-foundry prepare --out {remote}`'
     try:

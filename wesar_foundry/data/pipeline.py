@@ -159,6 +159,14 @@ def _same(a: dict | None, b: dict) -> bool:
     return a is not None and drop(a) == drop(b)
 
 
+def reuse_prepared(record: str, cfg: PrepareConfig, where: str) -> None:
+    """Return (and say so) when the manifest text ``record`` of ``where`` was written for ``cfg``,
+    which is then reused as it is; otherwise refuse, since only --force replaces a dataset."""
+    if not _same(json.loads(record).get('config'), asdict(cfg)):
+        raise FileExistsError(f'{where} holds data prepared with another config; pass --force to replace it')
+    _progress(f'reusing {where} (same config; --force rebuilds)')
+
+
 def prepare(cfg: PrepareConfig, force: bool = False) -> Path | str:
     """Build tokenizer + train/val MDS into ``cfg.out``; reuse it if built with the same config.
 
@@ -173,10 +181,8 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Path | str:
     out = Path(cfg.out)
     manifest = out / MANIFEST
     if manifest.exists() and not force:
-        if _same(json.loads(manifest.read_text()).get('config'), asdict(cfg)):
-            _progress(f'reusing {out} (same config; --force rebuilds)')
-            return out
-        raise FileExistsError(f'{out} holds data prepared with another config; pass --force to replace it')
+        reuse_prepared(manifest.read_text(), cfg, str(out))
+        return out
     if out.exists() and not out.is_dir():
         raise FileExistsError(f'--out {out} is a file, not a dataset folder; choose another --out')
     if out.exists():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +50,7 @@ def _clear(store: Store, keys: list[str], prefix: str) -> None:
 def prepare_remote(cfg: PrepareConfig, force: bool = False) -> str:
     """``prepare`` with ``cfg.out`` an object store URI (see the module doc). Reuses a remote
     dataset prepared with the same config, as a local ``prepare`` does. Returns ``cfg.out``."""
-    from wesar_foundry.data.pipeline import _same, prepare
+    from wesar_foundry.data.pipeline import prepare, reuse_prepared
     cfg.validate()
     uri = cfg.out.rstrip('/')
     store, (_, prefix) = Store(uri), split_uri(uri)
@@ -65,10 +65,8 @@ def prepare_remote(cfg: PrepareConfig, force: bool = False) -> str:
                               'dataset it uploaded, even with --force: choose another --out prefix')
     if existing and not force:
         if manifest in existing:
-            if _same(json.loads(store.read_text(manifest)).get('config'), asdict(cfg)):
-                _progress(f'reusing {uri} (same config; --force rebuilds)')
-                return uri
-            raise FileExistsError(f'{uri} holds data prepared with another config; pass --force to replace it')
+            reuse_prepared(store.read_text(manifest), cfg, uri)
+            return uri
         raise FileExistsError(f'{uri} holds {len(existing)} object(s) but no {MANIFEST}: an unfinished prepare upload '
                               'or not a prepared dataset; pass --force to replace them, or choose another --out')
     with tempfile.TemporaryDirectory(prefix='wesar-prepare-') as tmp:
