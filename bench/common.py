@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wesar_foundry.model.composer import WeSaRComposerModel, lm_losses
+from wesar_foundry.foundry.composer_models import WeSaRLlamaComposerModel, lm_losses
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def build_model(variant: str, preset: Preset, device: str) -> torch.nn.Module:
             attention_bias=False, mlp_bias=False)
         config._attn_implementation = 'sdpa'
         return LlamaForCausalLM(config).to(device)
-    composer = WeSaRComposerModel(
+    composer = WeSaRLlamaComposerModel(
         tokenizer=None, init_device='cpu', d_model=preset.d_model, n_layers=preset.n_layers,
         n_heads=preset.n_heads, vocab_size=preset.vocab_size, max_seq_len=preset.seq_len, mlp_type='gelu',
         attn_implementation='sdpa', **REPARAM_VARIANTS[variant])

@@ -6,7 +6,7 @@ For each reparameterization, llm-foundry's ``train()`` runs the shipped tiny YAM
 ``compile_config: {}``, on the embedded default corpus prepared into a temporary folder. It prints
 the largest relative loss difference, dynamo's graph-break count and graphs compiled, and both
 runs' wall times (compilation included). The suite checks the same with the ``aot_eager`` backend
-(``tests/foundry/test_compile.py``); this runs inductor's code generation too, minutes per model.
+(``tests/foundry/test_composer_models_compile.py``); this runs inductor's code generation too, minutes per model.
 
     python bench/compile.py                                 # every reparameterization (~15 min on 2 CPU cores)
     python bench/compile.py --reparams wesar,sigma_reparam
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The init each reparameterization is paired with in the paper (and in tests/foundry/test_train.py).
+# The init each reparameterization is paired with in the paper (and in tests/foundry/test_composer_models_train.py).
 INITS = {'wesar': {'name': 'wesar_'}, 'none': {'name': 'small'}, 'weight_norm': {'name': 'wesar_', 'sigma2': 16e-5},
          'sigma_reparam': {'name': 'wesar_', 'sigma2': 16e-5}, 'residual_scaling': {'name': 'small'}}
 

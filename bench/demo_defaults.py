@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from wesar_foundry.demo import DemoConfig, run_demo
+from wesar_foundry.commands.demo import DemoConfig, run_demo
 
 SHAPES = {
     'd128-N8': dict(d_model=128, n_layers=8, n_heads=4),

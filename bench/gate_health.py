@@ -29,9 +29,9 @@ from pathlib import Path
 
 from composer.core import Callback
 
-from wesar_foundry.foundry.callbacks.update_ratio import UpdateRatioMonitor
-from wesar_foundry.gate_health import Gate, GateHealthRule, GateHealthTracker, read_gates
-from wesar_foundry.ratios import clean_name
+from wesar_foundry.foundry.callbacks.update_ratio_monitor import UpdateRatioMonitor
+from wesar_foundry.core.gate_health import Gate, GateHealthRule, GateHealthTracker, read_gates
+from wesar_foundry.core.ratios import clean_name
 from wesar_foundry.reparam import ReparamMatrix
 
 CASES = {
@@ -120,7 +120,7 @@ def run_case(name: str, args) -> dict:
     from llmfoundry.registry import callbacks
     from omegaconf import OmegaConf
 
-    from wesar_foundry.demo import DemoConfig, run_config
+    from wesar_foundry.commands.demo import DemoConfig, run_config
 
     method, lr, sigma2 = CASES[name]
     callbacks.register('bench_gate_recorder', func=Recorder)

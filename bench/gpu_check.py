@@ -3,7 +3,7 @@
     FSDP_VERSION=2 python bench/gpu_check.py --out gpu_check.json     # every visible GPU, ~5-10 min
     python bench/gpu_check.py --out gpu_check-cpu.json                # no CUDA: 2 gloo ranks, CPU shapes
 
-The shipped 1.3B Rapid configs (``wesar_foundry.paper.train_config('1b', 'wesar' | 'small', 'rapid')``:
+The shipped 1.3B Rapid configs (``wesar_foundry.commands.paper.train_config('1b', 'wesar' | 'small', 'rapid')``:
 WeSaR, and the plain model, reparam none with Small init), shrunk by overrides only (fewer layers, a
 short run, a locally built tokenizer and corpus), are trained one after the other through
 llm-foundry's ``train()`` in one ``composer -n <ranks>`` launch (``FSDP_VERSION=2``): FSDP2 over all
@@ -56,9 +56,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wesar_foundry.paper import SEQ_LEN, SIZES, VOCAB  # noqa: E402
+from wesar_foundry.commands.paper import SEQ_LEN, SIZES, VOCAB  # noqa: E402
 
-# The two runs: our name → the paper method (wesar_foundry.paper.METHODS) whose 1.3B Rapid YAML it is.
+# The two runs: our name → the paper method (wesar_foundry.commands.paper.METHODS) whose 1.3B Rapid YAML it is.
 MODELS = {"plain": "small", "wesar": "wesar"}
 # Relative RMS error ‖Δ‖/‖ref‖ allowed between the trained model's logits (bf16 parameters under the
 # YAML's FSDP mixed precision, on CPU and GPU alike) and the fp32 logits of its fp32/bf16 export.
@@ -172,7 +172,7 @@ def job_config(model: str, mode: Mode, data: Path, cwd: Path, extra: list[str] =
     """The 1.3B Rapid config of ``model`` (``plain`` or ``wesar``) with the check's overrides."""
     from omegaconf import OmegaConf
 
-    from wesar_foundry.paper import train_config
+    from wesar_foundry.commands.paper import train_config
 
     cfg = OmegaConf.create(train_config('1b', MODELS[model], 'rapid'))
     sh = mode.shapes

@@ -46,7 +46,7 @@ def rss():
 
 import numpy, streaming, tokenizers, transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
-from wesar_foundry.cli import main
+from wesar_foundry.commands.cli import main
 baseline = rss()
 start = time.perf_counter()
 code = main(sys.argv[1:])

@@ -45,7 +45,7 @@ def _register_control() -> None:
     """Auto's σ with s = 1: a bench-only method (the demo offers the shipped ones)."""
     import copy
 
-    from wesar_foundry import demo
+    from wesar_foundry.commands import demo
     m = copy.deepcopy(demo.METHODS['wesar_auto'])
     m['init_config']['gate_scale'] = 1.0
     demo.METHODS[NO_GATE_SCALE] = m
@@ -119,7 +119,7 @@ def main() -> None:
 
     from spike_search import one_run
 
-    from wesar_foundry.demo import plot_lr_sweep
+    from wesar_foundry.commands.demo import plot_lr_sweep
     _register_control()
     lrs = [float(x) for x in args.lrs.split(',') if x]
     seeds = [int(x) for x in args.seeds.split(',') if x]
@@ -129,7 +129,7 @@ def main() -> None:
         (NO_GATE_SCALE, seeds[0], float(lr)) for lr in args.gate_check.split(',') if lr]  # after the first seed
     skip = {(m, float(lr)) for m, lr in (p.split('@') for p in args.skip.split(',') if p)}
     runs = [r for r in runs if (r[0], r[2]) not in skip]
-    from wesar_foundry.sigma_rule import REFERENCE_LR
+    from wesar_foundry.core.sigma_rule import REFERENCE_LR
     work = Path(args.work)
     rows, start, deferred = [], time.perf_counter(), set()
     for i, (method, seed, lr) in enumerate(runs, 1):

@@ -1,6 +1,6 @@
 """Search for a CPU-sized setting where Small init spikes (by ``loss_spike_monitor``'s rule) and WeSaR does not.
 
-Every run is one ``wesar-foundry demo`` run: the config comes from ``wesar_foundry.demo.run_config``
+Every run is one ``wesar-foundry demo`` run: the config comes from ``wesar_foundry.commands.demo.run_config``
 (same model, data, optimizer, schedule, callbacks), trained by llm-foundry's ``train()``, summarized
 by ``demo.summarize``. The only knobs added on top are overrides of that config dict, named in the
 setting: ``z`` (the model's z_loss; the demo uses 1e-4) and ``sig`` (WeSaR's common σ²; the demo
@@ -87,9 +87,9 @@ def _fmt(x: float, spec: str = '.3f') -> str:
 
 
 def analyse(metrics: Path, rule_kw: dict[str, Any]) -> dict[str, Any]:
-    """Offline numbers from the run's metrics, by the monitor's own rule (``wesar_foundry.spikes``)."""
-    from wesar_foundry.plot import loss_series, read_metrics
-    from wesar_foundry.spikes import SpikeDetector, SpikeRule
+    """Offline numbers from the run's metrics, by the monitor's own rule (``wesar_foundry.core.spikes``)."""
+    from wesar_foundry.commands.plot import loss_series, read_metrics
+    from wesar_foundry.core.spikes import SpikeDetector, SpikeRule
     run = read_metrics(metrics)
     found = loss_series(run)
     losses = [v for _, v in found[1]] if found else []
@@ -118,8 +118,8 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     from omegaconf import OmegaConf
 
     from wesar_foundry.data import PrepareConfig, prepare
-    from wesar_foundry.demo import DemoConfig, run_config, summarize
-    from wesar_foundry.foundry.callbacks.loss_spike import LossSpikeMonitor
+    from wesar_foundry.commands.demo import DemoConfig, run_config, summarize
+    from wesar_foundry.foundry.callbacks.loss_spike_monitor import LossSpikeMonitor
 
     p = parse_setting(setting)
     extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2') if k in p}

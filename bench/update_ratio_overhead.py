@@ -52,13 +52,13 @@ def build(yaml: Path, monitor_kwargs: dict | None, steps: int):
     from composer.algorithms import GradientClipping
     from composer.optim import DecoupledAdamW
 
-    from wesar_foundry.foundry.callbacks.update_ratio import UpdateRatioMonitor
-    from wesar_foundry.model.composer import WeSaRComposerModel
+    from wesar_foundry.foundry.callbacks.update_ratio_monitor import UpdateRatioMonitor
+    from wesar_foundry.foundry.composer_models import WeSaRLlamaComposerModel
 
     cfg = OmegaConf.to_container(OmegaConf.load(yaml), resolve=True)
     model_kw = {k: v for k, v in cfg['model'].items() if k != 'name'}
     torch.manual_seed(0)
-    model = WeSaRComposerModel(**model_kw)
+    model = WeSaRLlamaComposerModel(**model_kw)
     o = cfg['optimizer']
     gates = [p for n, p in model.named_parameters() if n.endswith(('.alpha', '.g', '.gamma'))]
     rest = [p for n, p in model.named_parameters() if not n.endswith(('.alpha', '.g', '.gamma'))]

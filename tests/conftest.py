@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from tests.helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / 'yamls' / 'tiny' / 'wesar.yaml'
+PIP = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '--no-input', '-q']
 
 
 
@@ -87,3 +91,24 @@ def tiny_train_cfg(tiny_data: Path, run_name: str, *overrides: str, **model: obj
 def train_cfg(tiny_data, tmp_path):
     """A function giving ``tiny_train_cfg`` with this test's run name."""
     return lambda *overrides, **model: tiny_train_cfg(tiny_data, f't-{tmp_path.name}', *overrides, **model)
+
+
+@pytest.fixture(scope='session')
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """(the wheel, the folder it is installed into): a non-editable install outside the checkout.
+
+    Built offline from a copy of the package and pyproject.toml (building in the checkout would
+    write build/ and an egg-info into it), installed with ``pip install --target``."""
+    tmp = tmp_path_factory.mktemp('install')
+    src = tmp / 'src'
+    src.mkdir()
+    for name in ('pyproject.toml', 'README.md'):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / 'wesar_foundry', src / 'wesar_foundry', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    subprocess.run([*PIP, 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w', str(tmp / 'dist'), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp / 'dist').glob('wesar_foundry-*.whl'))
+    site = tmp / 'site'
+    subprocess.run([*PIP, 'install', '--no-deps', '--no-index', '--target', str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    return wheel, site

@@ -1,5 +1,5 @@
 """A metadata-only package index in front of PyPI, for resolver dry runs of the MosaicML job's
-``pip install`` as the image's Python 3.12 would do it (used by tests/test_paper.py)."""
+``pip install`` as the image's Python 3.12 would do it (used by tests/commands/test_paper.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
-PIP = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '--no-input', '-q']
 
 
 def _package_files() -> set[str]:
@@ -28,37 +28,19 @@ def _package_files() -> set[str]:
             if p.is_file() and '__pycache__' not in p.parts and p.suffix != '.pyc'}
 
 
-@pytest.fixture(scope='module')
-def installed(tmp_path_factory) -> tuple[Path, Path]:
-    """(the wheel, the folder it is installed into)."""
-    tmp = tmp_path_factory.mktemp('install')
-    src = tmp / 'src'
-    src.mkdir()
-    for name in ('pyproject.toml', 'README.md'):
-        shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / 'wesar_foundry', src / 'wesar_foundry', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
-    subprocess.run([*PIP, 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w', str(tmp / 'dist'), str(src)],
-                   check=True, capture_output=True, timeout=300)
-    wheel = next((tmp / 'dist').glob('wesar_foundry-*.whl'))
-    site = tmp / 'site'
-    subprocess.run([*PIP, 'install', '--no-deps', '--no-index', '--target', str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
-    return wheel, site
-
-
 def test_the_wheel_holds_every_file_of_the_package(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     assert _package_files() - names == set()
-    assert {'wesar_foundry/eval_tasks/wikitext_local.yaml', 'wesar_foundry/eval_tasks/lambada_openai_local.yaml',
-            'wesar_foundry/eval_tasks/wesar_eval_utils.py'} <= names
+    assert {'wesar_foundry/commands/eval_tasks/wikitext_local.yaml', 'wesar_foundry/commands/eval_tasks/lambada_openai_local.yaml',
+            'wesar_foundry/commands/eval_tasks/wesar_eval_utils.py'} <= names
 
 
 _CHILD = r'''
 import json, sys
 from pathlib import Path
 import wesar_foundry
-from wesar_foundry.eval import TASK_DIR, EvalConfig, write_task_dir
+from wesar_foundry.commands.eval import TASK_DIR, EvalConfig, write_task_dir
 model, wikitext, lambada, out = sys.argv[1:5]
 cfg = EvalConfig(model_dir=model, wikitext_file=wikitext, lambada_file=lambada)
 cfg.validate()  # the command's own check that the task folder holds every config it needs
@@ -93,4 +75,4 @@ def test_the_console_script_is_declared(installed):
     wheel, _ = installed
     with zipfile.ZipFile(wheel) as z:
         entry_points = z.read(next(n for n in z.namelist() if n.endswith('.dist-info/entry_points.txt'))).decode()
-    assert 'wesar-foundry = wesar_foundry.cli:main' in entry_points
+    assert 'wesar-foundry = wesar_foundry.commands.cli:main' in entry_points

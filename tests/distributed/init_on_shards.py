@@ -20,8 +20,8 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
 from tests.helpers import TINY_MODEL  # noqa: E402
-from wesar_foundry.init_targets import target_std  # noqa: E402
-from wesar_foundry.model.composer import WeSaRComposerModel  # noqa: E402
+from wesar_foundry.core.init_targets import target_std  # noqa: E402
+from wesar_foundry.foundry.composer_models import WeSaRLlamaComposerModel  # noqa: E402
 
 # name → model keys: every registered init (wesar_, he, small) and every reparam.
 CASES = {
@@ -58,7 +58,7 @@ def whole(t: torch.Tensor) -> torch.Tensor:
 
 def compare(name: str, kwargs: dict, mesh) -> dict:
     torch.manual_seed(17)
-    sharded = WeSaRComposerModel(init_device='meta', **SIZE, **kwargs).model
+    sharded = WeSaRLlamaComposerModel(init_device='meta', **SIZE, **kwargs).model
     for layer in sharded.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(sharded, mesh=mesh)
@@ -67,8 +67,8 @@ def compare(name: str, kwargs: dict, mesh) -> dict:
     dtensors = sum(isinstance(p, DTensor) for p in sharded.parameters())
 
     # The same weights, initialized whole: every deterministic part must come out the same.
-    cm = WeSaRComposerModel(init_device='cpu', **SIZE, **kwargs)
-    cfg, ref = cm.wesar_config, cm.model
+    cm = WeSaRLlamaComposerModel(init_device='cpu', **SIZE, **kwargs)
+    cfg, ref = cm.options, cm.model
     stds = {}
     for mname, m in ref.reparam_modules().items():
         target = target_std(m.role, cfg.init_target, cfg.d_model, cfg.n_layers, m.in_features if m.kind == 'linear' else None)

@@ -27,7 +27,7 @@ from composer.core import Callback, State  # noqa: E402
 from composer.loggers import Logger  # noqa: E402
 from composer.utils import dist  # noqa: E402
 
-from wesar_foundry.remote import Store, split_uri  # noqa: E402
+from wesar_foundry.files.remote import Store, split_uri  # noqa: E402
 
 POLL_SECONDS = 0.1
 TIMEOUT_SECONDS = 120

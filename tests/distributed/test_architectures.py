@@ -13,11 +13,11 @@ import torch
 
 from tests.distributed.conftest import Run, as_run
 from tests.distributed.launch import result, run_train_jobs
-from tests.foundry.test_mpt import load_in_clean_process
-from tests.foundry.test_train_hf import SIZES
+from tests.foundry.mpt.helpers import load_in_clean_process
+from tests.helpers import HF_YAML_SIZES as SIZES
 from tests.helpers import TINY_MODEL
 from tests.stock_llama import load_with_stock_transformers
-from wesar_foundry.cli import main as cli
+from wesar_foundry.commands.cli import main as cli
 
 pytestmark = pytest.mark.distributed
 

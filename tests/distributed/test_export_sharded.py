@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.stock_llama import load_with_stock_transformers
-from wesar_foundry.cli import main as cli
+from wesar_foundry.commands.cli import main as cli
 
 pytestmark = pytest.mark.distributed
 

@@ -21,8 +21,8 @@ from tests.distributed.configs import overrides
 from tests.distributed.launch import result, run_train_jobs
 from tests.s3 import s3  # noqa: F401 (fixture)
 from tests.stock_llama import load_with_stock_transformers
-from wesar_foundry.cli import main as cli
-from wesar_foundry.remote import Store
+from wesar_foundry.commands.cli import main as cli
+from wesar_foundry.files.remote import Store
 
 # A random step after the step-5 checkpoint and before the step-10 one (printed in failures): the
 # resume must not depend on where the kill lands.

@@ -10,9 +10,8 @@ import pytest
 import torch
 from composer import Trainer
 
-from tests.foundry.test_mpt import build as build_mpt
-from tests.helpers import build_model
-from tests.model.test_hf import build_hf
+from tests.foundry.mpt.helpers import build as build_mpt
+from tests.helpers import build_hf, build_model
 from wesar_foundry.foundry.fsdp_check import ALLOW_FSDP1_ENV
 
 MODELS = {'wesar_llama': build_model, 'wesar_hf': lambda: build_hf('gpt_neox'), 'wesar_mpt': build_mpt}

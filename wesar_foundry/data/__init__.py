@@ -1,4 +1,6 @@
-"""Corpus sources → a tokenizer → train/val MDS datasets for llm-foundry's ``text`` loader, streamed.
+"""Datasets for llm-foundry (imports the stdlib and files; tokenizers, transformers, streaming inside functions).
+
+Corpus sources → a tokenizer → train/val MDS datasets for llm-foundry's ``text`` loader, streamed.
 
 - ``sources``: documents, one at a time, from ``docstrings`` (the offline default), local
   .txt/.tokens/.jsonl files and ``hf:<name>`` datasets;

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wesar_foundry.remote import Store, is_uri, join, split_uri
+from wesar_foundry.files.remote import Store, is_uri, join, split_uri
 
 MANIFEST = 'prepare.json'
 SPLITS = ('train', 'val')

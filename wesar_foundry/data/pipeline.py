@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from wesar_foundry.atomic import staged_dir
+from wesar_foundry.files.atomic import staged_dir
 from wesar_foundry.data.mds import MANIFEST, SampleWriter, foreign_entries, is_val, splits_written, with_eos
 from wesar_foundry.data.sources import DEFAULT_SOURCE, DOC_CHARS, check_sources, iter_documents
 from wesar_foundry.data.tokenizer import DocumentEncoder, load_tokenizer, train_tokenizer
-from wesar_foundry.remote import is_uri
+from wesar_foundry.files.remote import is_uri
 
 BATCH_CHARS = 1 << 20
 """Characters encoded per batch (the unit the tokenizer spreads over the cores)."""

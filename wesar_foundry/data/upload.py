@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wesar_foundry.data.mds import MANIFEST, foreign_entries
-from wesar_foundry.remote import Store, join, split_uri
+from wesar_foundry.files.remote import Store, join, split_uri
 
 if TYPE_CHECKING:
     from wesar_foundry.data.pipeline import PrepareConfig

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from torch import nn
 
-from wesar_foundry.model.init import init_module_
-from wesar_foundry.sigma_rule import KEYS as SIGMA_KEYS, choose_sigma
+from wesar_foundry.models.init import init_module_
+from wesar_foundry.core.sigma_rule import KEYS as SIGMA_KEYS, choose_sigma
 
 
 # True while a model builds the stock modules it then replaces (wesar_mpt: MPT inits itself in its
-# own constructor, before place_matrices_ swaps its matrices): their init is thrown away anyway.
+# own constructor, before place_matrices swaps its matrices): their init is thrown away anyway.
 _PLAIN_MATRICES_REPLACED = ContextVar('plain_matrices_replaced', default=False)
 
 
@@ -33,7 +34,7 @@ def plain_matrices_replaced() -> Iterator[None]:
         _PLAIN_MATRICES_REPLACED.reset(token)
 
 
-def wesar_(module: nn.Module, n_layers: int, d_model: int, target: str = 'he', **init_config) -> None:
+def wesar_(module: nn.Module, n_layers: int, d_model: int, target: str = 'he', **init_config: Any) -> None:
     """WeSaR's init: target ``he`` (default) or ``small``; σ from ``sigma2`` (default 4e-5, or ``auto``)."""
     if isinstance(module, (nn.Linear, nn.Embedding)) and not _PLAIN_MATRICES_REPLACED.get():
         # A stock model's matrix (llm-foundry's mpt_causal_lm, hf_causal_lm): these functions know
@@ -47,11 +48,11 @@ def wesar_(module: nn.Module, n_layers: int, d_model: int, target: str = 'he', *
     init_module_(module, d_model=d_model, n_layers=n_layers, target=target, sigma=sigma)
 
 
-def he(module: nn.Module, n_layers: int, d_model: int, **init_config) -> None:
+def he(module: nn.Module, n_layers: int, d_model: int, **init_config: Any) -> None:
     """He-init targets (the paper's WeSaR target; with ``reparam: none``, the He baseline)."""
     wesar_(module, n_layers, d_model, **{**init_config, 'target': 'he'})
 
 
-def small(module: nn.Module, n_layers: int, d_model: int, **init_config) -> None:
+def small(module: nn.Module, n_layers: int, d_model: int, **init_config: Any) -> None:
     """Small-init targets, √(2/(5d)) and /√(2N) on W_o, W_d (the paper's main baseline)."""
     wesar_(module, n_layers, d_model, **{**init_config, 'target': 'small'})

@@ -1,4 +1,4 @@
-"""Reparameterized matrices: one module per method, one interface (``ReparamMatrix``)."""
+"""Reparameterized matrices (imports torch and core only): one module per method, one interface (``ReparamMatrix``)."""
 
 from wesar_foundry.reparam.base import PlainMatrix, ReparamMatrix, merge_module, residual_scale
 from wesar_foundry.reparam.residual_scaling import ResidualScaledMatrix

@@ -1,4 +1,4 @@
-"""The common interface of every reparameterized matrix (core: imports torch only).
+"""The common interface of every reparameterized matrix.
 
 Every method here is a *row gain*: the forward uses the effective weight W̄ = s ⊙ W, where the
 gain s is either one scalar per matrix (shape ``(1,)``) or one scalar per row (shape
@@ -20,7 +20,7 @@ from torch import nn
 
 from wesar_foundry.reparam.functional import scaled_embedding, scaled_linear
 
-KINDS = ('linear', 'embedding')
+MATRIX_KINDS = ('linear', 'embedding')
 
 
 class ReparamMatrix(nn.Module):
@@ -28,8 +28,8 @@ class ReparamMatrix(nn.Module):
 
     def __init__(self, rows: int, cols: int, role: str, kind: str = 'linear', device=None, dtype=None):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f'kind={kind!r}; allowed: {", ".join(KINDS)}')
+        if kind not in MATRIX_KINDS:
+            raise ValueError(f'kind={kind!r}; allowed: {", ".join(MATRIX_KINDS)}')
         self.role = role
         self.kind = kind
         self.weight = nn.Parameter(torch.empty(rows, cols, device=device, dtype=dtype))

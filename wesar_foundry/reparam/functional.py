@@ -1,4 +1,4 @@
-"""Gated matrices that store nothing extra for backward (core: imports torch only).
+"""Gated matrices that store nothing extra for backward.
 
 A reparameterized matrix computes with W̄ = s ⊙ W, s one scalar (WeSaR, σReparam, constants) or
 one scalar per row (Weight Normalization). Written as ``F.linear(x, s * W)``, autograd saves the

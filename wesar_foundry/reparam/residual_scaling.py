@@ -6,7 +6,7 @@ That equals a fixed, untrained scale 1/√(2N) on W_o and W_d; their stored init
 
 from __future__ import annotations
 
-from wesar_foundry.init_targets import RESIDUAL_ROLES
+from wesar_foundry.core.init_targets import RESIDUAL_ROLES
 from wesar_foundry.reparam.base import PlainMatrix, residual_scale
 
 

@@ -1,4 +1,4 @@
-"""WeSaR: W̄ = α · W with one trainable scalar gate per matrix (method doc §2)."""
+"""WeSaR: W̄ = α · W with one trainable scalar gate per matrix (Nishida et al. 2024)."""
 
 from __future__ import annotations
 
@@ -23,18 +23,19 @@ class WeSaRMatrix(ReparamMatrix):
         super().__init__(rows, cols, role, kind, device, dtype)
         # Shape (1,), not (): FSDP rejects 0-dim parameters.
         self.alpha = new_gate((1,), device)
-        self.scale_of_gate = float(gate_scale)
-        if self.scale_of_gate != 1.0:
-            self.register_buffer('gate_scale', torch.full((1,), self.scale_of_gate, dtype=torch.float32, device=device))
+        # s = 1 keeps the plain layout: the buffer is None, in no state dict.
+        self.register_buffer('gate_scale', None if gate_scale == 1.0 else
+                             torch.full((1,), float(gate_scale), dtype=torch.float32, device=device))
+        self._initial_gate_scale = float(gate_scale)  # what init refills the buffer with
 
     def gain(self) -> torch.Tensor:
-        return self.alpha if self.scale_of_gate == 1.0 else self.gate_scale * self.alpha
+        return self.alpha if self.gate_scale is None else self.gate_scale * self.alpha
 
     @torch.no_grad()
     def init_gains_(self, target_std: float, sigma: float) -> None:
-        if self.scale_of_gate != 1.0:
-            self.gate_scale.fill_(self.scale_of_gate)  # after to_empty it holds garbage
-        self.alpha.fill_(target_std / sigma / self.scale_of_gate)
+        if self.gate_scale is not None:
+            self.gate_scale.fill_(self._initial_gate_scale)  # after to_empty it holds garbage
+        self.alpha.fill_(target_std / sigma / self._initial_gate_scale)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ('' if self.scale_of_gate == 1.0 else f', gate_scale={self.scale_of_gate:g}')
+        return super().extra_repr() + ('' if self.gate_scale is None else f', gate_scale={self._initial_gate_scale:g}')

@@ -16,7 +16,7 @@ checkout: ``wesar-foundry configs --out wesar-yamls --sweep-save-root s3://<buck
 import argparse
 from pathlib import Path
 
-from wesar_foundry.paper import write_sweep
+from wesar_foundry.commands.paper import write_sweep
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])

@@ -9,7 +9,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from llmfoundry.registry import callbacks
 
-from wesar_foundry.ratios import clean_name
+from wesar_foundry.core.ratios import clean_name
 
 
 class ParamRecorder(Callback):

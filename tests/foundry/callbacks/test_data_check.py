@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 from llmfoundry.command_utils import train
-from llmfoundry.registry import callbacks_with_config
 
 from wesar_foundry.foundry.callbacks.data_check import PreparedDataCheck
 from wesar_foundry.reparam import ReparamMatrix
-
-
-def test_the_check_is_registered_for_yamls():
-    assert callbacks_with_config.get('wesar_data_check') is PreparedDataCheck
 
 
 def test_a_train_only_folder_as_eval_data_fails_naming_the_split_and_the_option(train_cfg, tiny_data, tmp_path,
@@ -28,6 +23,6 @@ def test_a_train_only_folder_as_eval_data_fails_naming_the_split_and_the_option(
     assert not built  # before the model (and any dataloader) was built
 
 
-def test_it_takes_no_options():
-    with pytest.raises(ValueError, match='wesar_data_check: unknown option.*interval'):
+def test_it_takes_no_options_and_refuses_one_by_name_as_a_stock_callback_does():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'interval'"):
         PreparedDataCheck(train_config={}, interval=3)

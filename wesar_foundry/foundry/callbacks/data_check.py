@@ -21,7 +21,6 @@ from wesar_foundry.data.mds import check_loader_splits
 class PreparedDataCheck(CallbackWithConfig):
     """Checks every local ``text`` loader split of the run at construction; does nothing after."""
 
-    def __init__(self, train_config: dict[str, Any], **kwargs: Any) -> None:
-        if kwargs:
-            raise ValueError(f'callbacks.wesar_data_check: unknown option(s) {", ".join(sorted(kwargs))}; it takes none')
+    # No options: as for a stock callback, Python refuses any key under it by name (TypeError).
+    def __init__(self, train_config: dict[str, Any]) -> None:
         check_loader_splits(train_config)

@@ -1,4 +1,4 @@
-"""``wesar_mpt``'s options: our keys as a typed dataclass, every other key llm-foundry's ``MPTConfig``'s.
+"""``wesar_mpt``'s options: our keys as a typed dataclass (``WeSaRMPTOptions``), every other key llm-foundry's ``MPTConfig``'s.
 
 What a stock MPT checkpoint cannot express, or what has no role in ``init_targets``, is refused
 here, before any compute, with the reason:
@@ -25,7 +25,8 @@ from typing import Any
 
 from llmfoundry.models.mpt import MPTConfig
 
-from wesar_foundry.model.config import ReparamKeys
+from wesar_foundry.core.roles import check_overrides
+from wesar_foundry.models.reparam_options import ReparamOptions
 
 FC_TYPES = ('torch',)
 FFN_TYPES = ('mptmlp', 'mptglu')
@@ -34,25 +35,15 @@ MPT_KEYS = tuple(p for p in inspect.signature(MPTConfig.__init__).parameters if 
 
 
 @dataclass
-class MPTOptions(ReparamKeys):
-    """The keys ``wesar_mpt`` adds under ``model:``; every other key is an ``MPTConfig`` argument."""
+class WeSaRMPTOptions(ReparamOptions):
+    """The keys ``wesar_mpt`` adds under ``model:`` (the shared ones: ``ReparamOptions``; its
+    ``init_config`` replaces MPT's); every other key is an ``MPTConfig`` argument."""
 
-    reparam: str = 'wesar'
-    """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
-    init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
-    """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ², or ``auto`` with ``lr``: see ``sigma_rule``); replaces MPT's init_config."""
-    z_loss: float = 1e-4
-    """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
-    sigma_reparam_gamma_init: str = 'one'
-    """σReparam's γ at init: 'one' (the paper) or 'spectral' (σ_max(W), the authors' code)."""
-    use_train_metrics: bool = True
-    """Also compute LanguageCrossEntropy/Perplexity on train batches."""
-
-    # Not a key: MPT picks its kernel with attn_config.attn_impl. Satisfies the shared check.
-    attn_implementation = 'sdpa'
+    roles: dict = field(default_factory=dict)
+    """Role overrides {<regex on the module name>: <role>}, tried before MPT's role table (``roles.MPT_ROLES``)."""
 
     @classmethod
-    def split(cls, kwargs: dict[str, Any]) -> tuple['MPTOptions', dict[str, Any]]:
+    def split(cls, kwargs: dict[str, Any]) -> tuple['WeSaRMPTOptions', dict[str, Any]]:
         """Our options and MPT's keys from the ``model:`` mapping, refusing any key neither has."""
         ours = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - ours - set(MPT_KEYS))
@@ -60,8 +51,13 @@ class MPTOptions(ReparamKeys):
             raise ValueError(f'model (wesar_mpt): unknown option(s) {", ".join(unknown)}; allowed: '
                              f'{", ".join(sorted(ours))} and MPTConfig\'s {", ".join(MPT_KEYS)}')
         options = cls(**{k: v for k, v in kwargs.items() if k in ours})
-        options.validate_reparam_keys()
+        options.validate()
         return options, {k: v for k, v in kwargs.items() if k not in ours}
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the key and the allowed values for any bad option."""
+        check_overrides(self.roles)
+        super().validate()
 
 
 class WeSaRMPTConfig(MPTConfig):
@@ -70,15 +66,13 @@ class WeSaRMPTConfig(MPTConfig):
 
     model_type = 'wesar_mpt'
 
-    def __init__(self, reparam: str = 'wesar', sigma_reparam_gamma_init: str = 'one', **kwargs: Any):
+    def __init__(self, reparam: str = 'wesar', sigma_reparam_gamma_init: str = 'one', roles: dict | None = None,
+                 **kwargs: Any):
         self.reparam = reparam
         self.sigma_reparam_gamma_init = sigma_reparam_gamma_init
+        # Role overrides (model.roles): saved with the config, so that a rebuild places the same roles.
+        self.roles = dict(roles or {})
         super().__init__(**kwargs)
-
-    @property
-    def init_target(self) -> str:
-        name = self.init_config['name']
-        return name if name in ('he', 'small') else self.init_config.get('target', 'he')
 
 
 def check_expressible(config: MPTConfig) -> None:
