@@ -40,6 +40,21 @@ def batch(vocab: int = TINY_MODEL['vocab_size'], bs: int = 2, seq: int = 16, see
     return {'input_ids': ids, 'labels': ids.clone()}
 
 
+def adam_steps(composer_model, seeds, optimizer=None, vocab: int = TINY_MODEL['vocab_size']):
+    """One Adam step (lr 1e-2 unless ``optimizer`` is given) on the model's own loss per batch seed, in
+    train mode (σReparam's power iteration runs too), moving gates and biases off their init values;
+    returns the optimizer."""
+    optimizer = optimizer or torch.optim.Adam(composer_model.parameters(), lr=1e-2)
+    composer_model.train()
+    for seed in seeds:
+        b = batch(vocab=vocab, seed=seed)
+        loss = composer_model.loss(composer_model(b), b)['total']
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return optimizer
+
+
 def losses(trainer) -> list[float]:
     """``loss/train/total`` of every step, from the run's InMemoryLogger."""
     logger = next(d for d in trainer.logger.destinations if type(d).__name__ == 'InMemoryLogger')

@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import batch
-from tests.helpers import build_hf
+from tests.helpers import adam_steps, batch, build_hf
 from wesar_foundry.export import export_model, to_stock
 from wesar_foundry.reparam import REPARAMS
 
@@ -21,13 +20,7 @@ def trained(model_type: str, reparam: str):
     """A few Adam steps on the model's own loss (train mode: σReparam's power iteration runs too)."""
     torch.manual_seed(0)
     cm = build_hf(model_type, reparam=reparam)
-    opt = torch.optim.Adam(cm.parameters(), lr=1e-2)
-    for step in range(2):
-        b = batch(seed=10 + step)
-        loss = cm.loss(cm(b), b)['total']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    adam_steps(cm, range(10, 12))
     return cm.model.eval()
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from tests.helpers import TINY_MODEL, batch, build_model
+from tests.helpers import TINY_MODEL, adam_steps, batch, build_model
 from tests.stock_llama import load_with_stock_transformers
 from wesar_foundry.export import export_model, to_stock
 from wesar_foundry.reparam import REPARAMS
@@ -26,18 +26,6 @@ def gains(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.rsplit('.', 1)[-1] in GATES}
 
 
-def train_steps(composer_model, steps: int = 3) -> None:
-    """A few Adam steps on the model's own loss (train mode: σReparam's power iteration runs too)."""
-    opt = torch.optim.Adam(composer_model.parameters(), lr=1e-2)
-    composer_model.train()
-    for step in range(steps):
-        b = batch(seed=10 + step)
-        loss = composer_model.loss(composer_model(b), b)['total']
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     """Every reparam × mlp_type after a few training steps (and the paper's model at init too),
@@ -51,7 +39,7 @@ def exported(tmp_path_factory):
         cm = build_model(reparam=reparam, mlp_type=mlp)
         before = gains(cm.model)
         if trained:
-            train_steps(cm)
+            adam_steps(cm, range(10, 13))
         moved[name] = all(not torch.equal(before[k], v) for k, v in gains(cm.model).items())
         model = cm.model.eval()
         with torch.no_grad():
@@ -131,7 +119,7 @@ def test_swiglu_exports_without_biases(exported):
 def test_to_stock_is_a_llama_computing_the_same_logits_in_process(mlp):
     torch.manual_seed(0)
     cm = build_model(mlp_type=mlp)
-    train_steps(cm)
+    adam_steps(cm, range(10, 13))
     model = cm.model.eval()
     stock = to_stock(model)
     assert type(stock) is LlamaForCausalLM and stock.config.hidden_act == ('gelu' if mlp == 'gelu' else 'silu')

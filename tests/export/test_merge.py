@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import batch, build_hf, build_model
+from tests.helpers import adam_steps, build_hf, build_model
 from wesar_foundry.export import export_model, merged_state_dict, merged_tensors
 from wesar_foundry.export.merge import check_keys, empty_stock_model
 from wesar_foundry.reparam import REPARAMS, ReparamMatrix
@@ -21,14 +21,9 @@ def live_bytes(*tensors: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def steps(composer_model, vocab: int = 512):
+def steps(composer_model):
     """Two Adam steps (gates and biases away from their init); the HF model, in eval mode."""
-    optimizer = torch.optim.Adam(composer_model.parameters(), lr=1e-2)
-    for step in range(2):
-        b = batch(vocab=vocab, seed=step)
-        composer_model.loss(composer_model(b), b)['total'].backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    adam_steps(composer_model, range(2), vocab=512)
     return composer_model.model.eval()
 
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from wesar_foundry.core.options import from_options
 from wesar_foundry.core.roles import check_family, check_overrides
 from wesar_foundry.models.llama import ReparamModelMixin
 from wesar_foundry.models.placement import Reparameterization, place_matrices
@@ -64,12 +63,7 @@ class WeSaRHFOptions(TransformersOptions):
     trust_remote_code: bool = False
     """Accepted for hf_causal_lm YAMLs; no remote code ever runs: only transformers' own families are built."""
 
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> 'WeSaRHFOptions':
-        """Build from YAML keys, rejecting unknown ones by name (llm-foundry checks none)."""
-        options = from_options(cls, kwargs, 'model (wesar_hf)')
-        options.validate()
-        return options
+    model_name: ClassVar[str] = 'wesar_hf'
 
     def validate(self) -> None:
         """Raise a ValueError naming the key and the allowed values for any bad option."""

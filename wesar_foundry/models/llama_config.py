@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 from transformers import LlamaConfig
 
-from wesar_foundry.core.options import from_options
 from wesar_foundry.models.reparam_options import TransformersOptions, check_allowed
 from wesar_foundry._moved import renamed
 
@@ -39,12 +38,7 @@ class WeSaRLlamaOptions(TransformersOptions):
     tie_word_embeddings: bool = False
     """Must stay false: the embedding's output scale and the head's differ, so no tied export exists."""
 
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> 'WeSaRLlamaOptions':
-        """Build from YAML keys, rejecting unknown ones by name (llm-foundry checks none)."""
-        cfg = from_options(cls, kwargs, 'model (wesar_llama)')
-        cfg.validate()
-        return cfg
+    model_name: ClassVar[str] = 'wesar_llama'
 
     @property
     def ffn_hidden(self) -> int:

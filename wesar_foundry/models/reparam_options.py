@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from wesar_foundry.core.init_targets import TARGETS, check_target, init_target_of
+from wesar_foundry.core.options import from_options
 from wesar_foundry.core.sigma_rule import KEYS as SIGMA_KEYS, SigmaChoice, choose_sigma
 from wesar_foundry.reparam import GAMMA_INITS, REPARAMS
 
@@ -44,6 +45,16 @@ class ReparamOptions:
     """σReparam's γ at init: 'one' (the paper) or 'spectral' (σ_max(W), the authors' code)."""
     use_train_metrics: bool = True
     """Also compute LanguageCrossEntropy/Perplexity on train batches (two extra passes over the logits)."""
+
+    # The registered model these options are for, named in errors (not a key).
+    model_name: ClassVar[str] = 'wesar'
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]):
+        """Build from the ``model:`` YAML keys, refusing unknown ones by name (llm-foundry checks none), and validate."""
+        options = from_options(cls, kwargs, f'model ({cls.model_name})')
+        options.validate()
+        return options
 
     @property
     def init_name(self) -> str:

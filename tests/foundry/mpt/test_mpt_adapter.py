@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 
 from tests.export.helpers import save_sharded
 from tests.foundry.mpt.helpers import INPUT_IDS, build, load_in_clean_process
-from tests.helpers import INITS
-from tests.helpers import batch
+from tests.helpers import INITS, adam_steps
 from wesar_foundry.commands.cli import main as cli
 from wesar_foundry.export import to_stock
 
@@ -41,13 +40,7 @@ def exported(tiny_data, tmp_path_factory):
     composer_model = build(tokenizer=AutoTokenizer.from_pretrained(tiny_data / 'tokenizer'))
     optimizer = torch.optim.Adam(composer_model.parameters(), lr=1e-2)
     trainer = Trainer(model=composer_model, optimizers=optimizer, device='cpu', precision='fp32', progress_bar=False)
-    for step in range(2):
-        composer_model.train()
-        b = batch(seed=30 + step)
-        loss = composer_model.loss(composer_model(b), b)['total']
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    adam_steps(composer_model, range(30, 32), optimizer)
     (root / 'mono').mkdir()
     trainer.save_checkpoint(str(root / SOURCES['monolithic']))
     (root / 'mono' / 'latest-rank0.pt').symlink_to('ep0-ba2-rank0.pt')

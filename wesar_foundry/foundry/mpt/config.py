@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from llmfoundry.models.mpt import MPTConfig
 
@@ -39,6 +39,8 @@ class WeSaRMPTOptions(ReparamOptions):
     """The keys ``wesar_mpt`` adds under ``model:`` (the shared ones: ``ReparamOptions``; its
     ``init_config`` replaces MPT's); every other key is an ``MPTConfig`` argument."""
 
+    model_name: ClassVar[str] = 'wesar_mpt'
+
     roles: dict = field(default_factory=dict)
     """Role overrides {<regex on the module name>: <role>}, tried before MPT's role table (``roles.MPT_ROLES``)."""
 
@@ -48,7 +50,7 @@ class WeSaRMPTOptions(ReparamOptions):
         ours = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - ours - set(MPT_KEYS))
         if unknown:
-            raise ValueError(f'model (wesar_mpt): unknown option(s) {", ".join(unknown)}; allowed: '
+            raise ValueError(f'model ({cls.model_name}): unknown option(s) {", ".join(unknown)}; allowed: '
                              f'{", ".join(sorted(ours))} and MPTConfig\'s {", ".join(MPT_KEYS)}')
         options = cls(**{k: v for k, v in kwargs.items() if k in ours})
         options.validate()
