@@ -6,16 +6,22 @@ import atexit
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, without_saving
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / 'yamls' / 'tiny' / 'wesar.yaml'
 PIP = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '--no-input', '-q']
+
+
+def pytest_sessionstart(session):
+    # -q hides pytest's header; CI's log then tells the install's time from the suite's.
+    print(f'\n[suite] started {time.strftime("%H:%M:%S", time.gmtime())} UTC', file=sys.stderr, flush=True)
 
 
 
@@ -73,12 +79,12 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def tiny_train_cfg(tiny_data: Path, run_name: str, *overrides: str, **model: object):
     """The shipped tiny YAML, shrunk, on ``tiny_data``, with dotlist overrides and model keys."""
-    cfg = OmegaConf.load(TINY_YAML)
+    cfg = without_saving(OmegaConf.load(TINY_YAML))
     cfg.variables.data_local = str(tiny_data)
     cfg.variables.max_seq_len = TINY_MODEL['max_seq_len']
     cfg.model.update({**TINY_MODEL, **model})
-    # Replaced, not merged: the shipped YAML's monitors and JSONL logger stay out of tests
-    # unless a test adds them (a merge of {} would keep them).
+    # Replaced, not merged: the shipped YAML's monitors, export, JSONL logger and checkpoint stay out
+    # of tests unless a test adds them (a merge of {} would keep them).
     cfg.callbacks = {}
     cfg.loggers = {'inmemory': {}}
     base = ['max_duration=10ba', 'eval_interval=5ba', 'eval_subset_num_batches=2', 'global_train_batch_size=8',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from datetime import timedelta
 
 import pytest
 import torch
@@ -175,7 +176,9 @@ def _items(rows, rank: int | None):
 
 
 def _worker(rank: int, path: str, init_file: str) -> None:
-    tdist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    # A peer that never comes would otherwise hold the suite for gloo's default 30 minutes.
+    tdist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2,
+                             timeout=timedelta(seconds=120))
     calls = []
 
     def all_reduce(v):
