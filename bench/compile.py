@@ -36,7 +36,7 @@ def run(data: str, reparam: str, steps: int, compiled: bool) -> tuple[list[float
     cfg.model.reparam = reparam
     cfg.model.init_config = INITS[reparam]
     cfg.callbacks, cfg.loggers = {}, {'inmemory': {}}
-    overrides = [f'max_duration={steps}ba', 'eval_interval=100000ba', 'console_log_interval=100000ba',
+    overrides = [f'max_duration={steps}ba', 'eval_interval=100000ba', 'console_log_interval=100000ba', 'save_folder=null',
                  f'run_name=compile-{reparam}'] + (['compile_config={}'] if compiled else [])
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     t0 = time.perf_counter()

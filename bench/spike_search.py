@@ -118,14 +118,13 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     from omegaconf import OmegaConf
 
     from wesar_foundry.data import PrepareConfig, prepare
-    from wesar_foundry.commands.demo import DemoConfig, run_config, summarize
+    from wesar_foundry.commands.demo import FALLBACK_LR, DemoConfig, run_config, summarize
     from wesar_foundry.foundry.callbacks.loss_spike_monitor import LossSpikeMonitor
 
     p = parse_setting(setting)
     extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2') if k in p}
-    cfg = DemoConfig(methods=[method], seeds=[seed], **p)
-    if 'lr' in extra:
-        cfg.lrs = [extra['lr']]
+    # One lr for every method (the demo's default is each method's own best lr; this protocol is not that).
+    cfg = DemoConfig(methods=[method], seeds=[seed], lrs=[extra.get('lr', FALLBACK_LR)], **p)
     cfg.validate()
     data = prepare(PrepareConfig(out=str(data_root / f'T{cfg.seq_len}'), sources=cfg.sources, vocab_size=cfg.vocab_size,
                                  seq_len=cfg.seq_len, max_chars=cfg.max_chars))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 # The smallest model that still has every role: fast enough for many train() calls per session.
@@ -19,6 +21,18 @@ FAMILY_KEYS = {'llama': {}, 'mistral': {'num_key_value_heads': 1, 'sliding_windo
 # The shipped tiny wesar_hf YAMLs shrunk to the test size (their pad ids stay the tokenizer's).
 HF_YAML_SIZES = {'hidden_size': 32, 'num_hidden_layers': 2, 'num_attention_heads': 2, 'intermediate_size': 64,
                  'vocab_size': 512, 'max_position_embeddings': 32}
+
+
+# The keys with which the shipped tiny YAMLs save a Composer checkpoint (once, at the end, under
+# runs/<run_name>/): a test built on those YAMLs saves only where and when it says.
+TINY_SAVE_KEYS = ('save_folder', 'save_interval', 'save_num_checkpoints_to_keep', 'save_overwrite')
+
+
+def without_saving(cfg):
+    """``cfg`` (a tiny YAML, loaded) without its ``TINY_SAVE_KEYS``."""
+    for key in TINY_SAVE_KEYS:
+        cfg.pop(key, None)
+    return cfg
 
 
 def build_model(**model_kwargs):
@@ -59,3 +73,9 @@ def losses(trainer) -> list[float]:
     """``loss/train/total`` of every step, from the run's InMemoryLogger."""
     logger = next(d for d in trainer.logger.destinations if type(d).__name__ == 'InMemoryLogger')
     return [float(v) for _, v in logger.data['loss/train/total']]
+
+
+def docs_text() -> str:
+    """README.md and every page of docs/, one string: what a reader can find a command in."""
+    root = Path(__file__).resolve().parents[1]
+    return '\n\n'.join(p.read_text() for p in [root / 'README.md', *sorted((root / 'docs').glob('*.md'))])

@@ -33,7 +33,8 @@ def test_the_wheel_holds_every_file_of_the_package(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert _package_files() - names == set()
     assert {'wesar_foundry/commands/eval_tasks/wikitext_local.yaml', 'wesar_foundry/commands/eval_tasks/lambada_openai_local.yaml',
-            'wesar_foundry/commands/eval_tasks/wesar_eval_utils.py'} <= names
+            'wesar_foundry/commands/eval_tasks/wesar_eval_utils.py', 'wesar_foundry/commands/tiny_yamls/wesar.yaml',
+            'wesar_foundry/commands/tiny_yamls/mpt.yaml'} <= names
 
 
 _CHILD = r'''

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE, TESTS = ROOT / 'wesar_foundry', ROOT / 'tests'
 # What the top-level test files specify: the package as a whole.
 PACKAGE_WIDE = {
+    'test_docs.py': "the README's and docs/' commands, run as written",
     'test_entry_points.py': 'every name registered in pyproject.toml conforms to llm-foundry',
     'test_install.py': 'the wheel and the console script',
     'test_layers.py': 'what each folder may import',

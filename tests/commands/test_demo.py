@@ -32,8 +32,13 @@ def test_demo_trains_both_methods_and_writes_the_report(tiny_data, tmp_path, cap
     assert spread['wesar'] < spread['small']
     for name in ('figure1-lr1e-03.png', 'figure1-lr3e-03.png', 'lr-sweep.png', 'summary.md'):
         assert (report / name).stat().st_size > 0, name
-    assert '| wesar | 0.001 | 1 |' in md and md in (report / 'summary.md').read_text()
-    assert "| wesar | 0.001 |" in capfd.readouterr().out
+    summary = (report / 'summary.md').read_text()
+    assert '| wesar | 0.001 | 1 |' in md and md in summary
+    # --lrs: one lr for all methods, said above the table (the shipped sweep is for another shape).
+    said = "**Comparison:** all methods at the same lrs (0.001, 0.003): a method's best lr differs"
+    assert summary.index(said) < summary.index(md) and 'The shipped reference sweep is for another shape' in summary
+    out = capfd.readouterr().out
+    assert "| wesar | 0.001 |" in out and said in out
 
 
 def test_demo_refuses_unknown_methods_before_building_anything(tmp_path, capsys):

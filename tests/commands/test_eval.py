@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -124,12 +125,8 @@ def _direct(model_dir: Path) -> dict[str, float]:
 def test_eval_offline_matches_direct_computation(model_dir, data_files, tmp_path):
     wikitext, lambada = data_files
     out = tmp_path / 'results.json'
-    # A fresh process, offline for the hub and datasets, with empty caches: nothing is fetched.
-    # Without the single-rank variables Composer's train() leaves in os.environ (earlier tests):
-    # with WORLD_SIZE set, accelerate would try an env:// rendezvous.
-    dist_vars = {'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT'}
-    env = {**{k: v for k, v in os.environ.items() if k not in dist_vars}, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
-           'HF_HOME': str(tmp_path / 'hf-home'), 'HF_DATASETS_CACHE': str(tmp_path / 'datasets-cache')}
+    # A fresh process, offline, with empty caches.
+    env = _offline_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, '-m', 'wesar_foundry.commands.cli', 'eval', str(model_dir), '--wikitext-file', str(wikitext),
          '--lambada-file', str(lambada), '--batch-size', '2', '--out', str(out)],
@@ -146,6 +143,33 @@ def test_eval_offline_matches_direct_computation(model_dir, data_files, tmp_path
     # The printed table carries the same numbers.
     assert f'| wikitext_local | word_perplexity | {wiki["word_perplexity"]:.4f} | 3 |' in proc.stdout
     assert f'| lambada_openai_local | perplexity | {lamb["perplexity"]:.4f} | 3 |' in proc.stdout
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    """os.environ offline for the hub and datasets, with empty caches: nothing is fetched.
+    Without the single-rank variables Composer's train() leaves in os.environ (earlier tests):
+    with WORLD_SIZE set, accelerate would try an env:// rendezvous."""
+    dist_vars = {'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT'}
+    return {**{k: v for k, v in os.environ.items() if k not in dist_vars}, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1',
+            'TRANSFORMERS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf-home'), 'HF_DATASETS_CACHE': str(tmp_path / 'datasets-cache')}
+
+
+@pytest.mark.slow
+def test_the_lm_eval_command_printed_by_write_tasks_runs_the_same_tasks(model_dir, data_files, tmp_path, capsys):
+    """Plain lm-eval on the folder --write-tasks wrote, by the command it printed, gives the numbers."""
+    wikitext, lambada = data_files
+    tasks = tmp_path / 'tasks'
+    assert main(['eval', str(model_dir), '--write-tasks', str(tasks), '--wikitext-file', str(wikitext),
+                 '--lambada-file', str(lambada), '--batch-size', '2']) == 0
+    command = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert command[0] == 'lm_eval'
+    lm_eval = [str(Path(sys.executable).with_name('lm_eval'))] + command[1:] + ['--output_path', str(tmp_path / 'out')]
+    proc = subprocess.run(lm_eval, env=_offline_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / 'out').rglob('results_*.json')).read_text())['results']
+    expected = _direct(model_dir)
+    assert results['wikitext_local']['word_perplexity,none'] == pytest.approx(expected['word_perplexity'], rel=1e-4)
+    assert results['lambada_openai_local']['perplexity,none'] == pytest.approx(expected['lambada_perplexity'], rel=1e-4)
 
 
 @pytest.mark.parametrize('args, message', [
@@ -188,7 +212,7 @@ def _yaml(path: Path) -> dict:
 
 
 def test_yamls_eval_in_a_checkout_is_the_shipped_task_folder():
-    """`lm_eval --include_path yamls/eval` (README) reads the configs the package ships."""
+    """A checkout's yamls/eval is the task folder the package ships."""
     from wesar_foundry.commands.eval import TASK_DIR
     assert (ROOT / 'yamls' / 'eval').resolve() == TASK_DIR.resolve()
 

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from tests.helpers import docs_text
 from tests.pypi_index import (
     _PIP_IN_IMAGE, IMAGE_MARKERS, IMAGE_PLATFORMS, IMAGE_TAGS, PIP_FOR_DRY_RUN, _http, _lock_pins, _MetadataIndex,
 )
@@ -369,13 +370,13 @@ def test_the_sweep_gives_every_variant_its_own_run_name_in_the_readmes_form(tmp_
     job = RunConfig.from_file(str(tmp_path / 'wesar-s16e-5-seed19.yaml'))
     expected = 'model.init_config.sigma2=1.6e-4 seed=19 variables.run_name=wesar-1b-sweep-wesar-s16e-5-seed19'
     assert job.command.endswith(f'parameters.yaml {expected}') and job.name == 'wesar-1b-sweep-wesar-s16e-5-seed19'
-    assert expected in ' '.join((ROOT / 'README.md').read_text().split())  # the README shows the writer's form
+    assert expected in ' '.join(docs_text().split())  # the docs show the writer's form
     cfg = resolved(OmegaConf.create(job.parameters), expected.split())
     assert cfg.model['init_config']['sigma2'] == pytest.approx(1.6e-4) and cfg.seed == 19  # parsed as numbers
 
 
-def test_every_readme_sigma2_or_seed_override_comes_with_a_run_name():
-    text = (ROOT / 'README.md').read_text()
+def test_every_documented_sigma2_or_seed_override_comes_with_a_run_name():
+    text = docs_text()
     commands = [c for c in text.replace('\\\n', ' ').splitlines() + text.split('`')
                 if 'model.init_config.sigma2=' in c and 'seed=' in c]
     assert commands
@@ -383,8 +384,8 @@ def test_every_readme_sigma2_or_seed_override_comes_with_a_run_name():
         assert 'variables.run_name=' in command, command
 
 
-def test_every_readme_multi_gpu_launch_sets_fsdp_version_2():
-    text = (ROOT / 'README.md').read_text().replace('\\\n', ' ')
+def test_every_documented_multi_gpu_launch_sets_fsdp_version_2():
+    text = docs_text().replace('\\\n', ' ')
     launches = [c for c in text.splitlines() + text.split('`') if 'llmfoundry.cli.cli train' in c and 'composer -n' in c]
     assert len(launches) >= 4
     for launch in launches:

@@ -1,6 +1,6 @@
 """``wesar-foundry configs`` from a non-editable install (a wheel in a folder outside the checkout:
-the ``installed`` fixture): a pip-installed user gets the repository's ``yamls/pretrain`` and
-``yamls/mcloud`` without the repository."""
+the ``installed`` fixture): a pip-installed user gets the repository's ``yamls/tiny``, ``yamls/pretrain``
+and ``yamls/mcloud`` without the repository."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_configs_writes_the_shipped_yamls_from_the_installed_package_alone(insta
     assert 'FSDP_VERSION=2 composer -n 8 -m llmfoundry.cli.cli train wesar-yamls/pretrain/1b/wesar-rapid.yaml' in proc.stdout
     out = tmp_path / 'wesar-yamls'
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file())
-    shipped = sorted(p.relative_to(ROOT / 'yamls').as_posix() for sub in ('pretrain', 'mcloud')
+    shipped = sorted(p.relative_to(ROOT / 'yamls').as_posix() for sub in ('tiny', 'pretrain', 'mcloud')
                      for p in (ROOT / 'yamls' / sub).rglob('*.yaml'))
     assert written == shipped
     for rel in written:

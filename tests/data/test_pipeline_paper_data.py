@@ -1,4 +1,4 @@
-"""The README's paper-data commands, run as written on small local stand-ins for the hub datasets
+"""The documented paper-data commands (docs/paper-runs.md), run as written on small local stand-ins for the hub datasets
 and the LLaMA tokenizer, give at least one global batch of the YAML they feed.
 
 RefinedWeb (``--source hf:tiiuae/falcon-refinedweb --text-field content``) becomes a local .jsonl
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from tests.helpers import docs_text
 from wesar_foundry.commands.cli import main
 from wesar_foundry.data import MANIFEST, check_loader_splits, check_split, train_tokenizer
 
@@ -34,7 +35,7 @@ REFINEDWEB, WIKITEXT, LLAMA = 'hf:tiiuae/falcon-refinedweb', 'hf:wikitext:wikite
 
 def readme_prepare_commands() -> dict[str, list[str]]:
     """The README's ``wesar-foundry prepare`` commands (continuation lines joined), by hub source."""
-    text = re.sub(r'\\\n\s*', ' ', (ROOT / 'README.md').read_text())
+    text = re.sub(r'\\\n\s*', ' ', docs_text())
     commands = {}
     for line in text.splitlines():
         if line.startswith('wesar-foundry prepare '):

@@ -12,7 +12,7 @@ import torch
 from llmfoundry.command_utils import train
 from omegaconf import OmegaConf
 
-from tests.helpers import HF_YAML_SIZES, batch, losses
+from tests.helpers import HF_YAML_SIZES, batch, losses, without_saving
 from tests.stock_llama import load_with_stock_transformers
 from wesar_foundry.commands.cli import main as cli
 from wesar_foundry.models.hf import stock_class
@@ -28,7 +28,7 @@ INPUT_IDS = batch(seq=24, seed=5)['input_ids']
 
 
 def family_cfg(family: str, data: Path, run: str, *overrides: str, callbacks: dict | None = None):
-    cfg = OmegaConf.load(YAMLS / f'hf_{family}.yaml')
+    cfg = without_saving(OmegaConf.load(YAMLS / f'hf_{family}.yaml'))
     cfg.variables.data_local = str(data)
     cfg.variables.max_seq_len = 32
     sizes = cfg.model.config_overrides

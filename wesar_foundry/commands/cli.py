@@ -30,14 +30,23 @@ def _export(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     # lm-eval is imported by evaluate(), after the paths are checked.
-    from wesar_foundry.commands.eval import TASK_DIR, EvalConfig, evaluate, format_table, write_json
+    from wesar_foundry.commands.eval import (
+        TASK_DIR, EvalConfig, evaluate, format_table, lm_eval_command, write_json, write_tasks,
+    )
     cfg = EvalConfig(
         model_dir=args.model_dir, tasks=tuple(t for t in (args.tasks or '').split(',') if t),
         wikitext_file=args.wikitext_file, lambada_file=args.lambada_file, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, max_length=args.max_length, limit=args.limit,
-        task_dir=args.task_dir or str(TASK_DIR),
+        task_dir=args.task_dir or str(TASK_DIR), write_tasks=args.write_tasks,
     )
+    if cfg.write_tasks is not None and args.out:
+        raise ValueError('--out: with --write-tasks nothing is evaluated here (lm_eval writes its results with --output_path)')
     cfg.validate()
+    if cfg.write_tasks is not None:
+        out = write_tasks(cfg)
+        print(f'wrote the task configs, their data files filled in, to {out}/; evaluate with plain lm-eval:\n  '
+              + lm_eval_command(cfg))
+        return 0
     result = evaluate(cfg)
     print(format_table(result))
     if args.out:
@@ -60,6 +69,7 @@ def _configs(args: argparse.Namespace) -> int:
 
     from wesar_foundry.files.atomic import staged_dir
     from wesar_foundry.commands.paper import train_command, write_all, write_sweep
+    from wesar_foundry.commands.tiny import write_tiny
     out = Path(args.out)
     if (out.exists() or out.is_symlink()) and not args.force:
         raise FileExistsError(f'{out} exists; pass --force to replace it')
@@ -67,11 +77,12 @@ def _configs(args: argparse.Namespace) -> int:
     if args.sweep_save_root is not None and not save_root:
         raise ValueError('--sweep-save-root: empty; give an object store URI such as s3://<bucket>/<prefix>')
     with staged_dir(out) as tmp:  # the folder appears whole or not at all
-        n = len(write_all(tmp))
+        n = len(write_all(tmp)) + len(write_tiny(tmp / 'tiny'))
         if save_root:
             n += len(write_sweep(tmp / 'mcloud' / 'sweep', save_root))
-    print(f'wrote {n} files to {out}/: pretrain/<size>/<method>-<setting>.yaml, pretrain/1b/compare-10b/, mcloud/'
-          + (' (sweep jobs in mcloud/sweep/)' if save_root else ''))
+    print(f'wrote {n} files to {out}/: tiny/<family>.yaml (CPU, minutes), pretrain/<size>/<method>-<setting>.yaml, '
+          'pretrain/1b/compare-10b/, mcloud/' + (' (sweep jobs in mcloud/sweep/)' if save_root else ''))
+    print(f'train a tiny one on this CPU (on ./wesar-data from wesar-foundry prepare):\n  llmfoundry train {out}/tiny/wesar.yaml')
     print('train one on 8 GPUs:\n  ' + '\n  '.join(train_command('1b', f'{out}/pretrain/1b/wesar-rapid.yaml')))
     return 0
 
@@ -95,6 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
         # `is not None`, not truthiness: --steps 0 / --lr 0 are refused by DemoConfig, not replaced.
         lrs=_numbers(args.lrs, float, '--lrs') if args.lrs is not None else ([args.lr] if args.lr is not None else defaults.lrs),
         steps=args.steps if args.steps is not None else defaults.steps,
+        max_chars=args.max_chars if args.max_chars is not None else defaults.max_chars,
     )
     run_demo(cfg)
     return 0
@@ -157,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('eval', help="WikiText word perplexity and LAMBADA target-word perplexity via lm-eval "
                                     "(needs the 'eval' extra)")
-    p.add_argument('model_dir', help='an exported HF model folder (a stock transformers model + tokenizer)')
+    p.add_argument('model_dir', nargs='?',
+                   help='an exported HF model folder (a stock transformers model + tokenizer); optional with --write-tasks')
     p.add_argument('--wikitext-file', help='offline: a local WikiText split file (wiki.test.tokens or .raw)')
     p.add_argument('--lambada-file', help='offline: a local LAMBADA jsonl ({"text"} or {"context","continuation"})')
     p.add_argument('--tasks', help='stock hub-backed lm-eval tasks, comma-separated: wikitext, lambada_openai, '
@@ -170,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--task-dir', default=None,
                    help="folder of the local task configs (default: the installed package's eval_tasks/)")
     p.add_argument('--out', help='also write the results as JSON here')
+    p.add_argument('--write-tasks', metavar='DIR',
+                   help='evaluate nothing: write the offline task configs with the --wikitext-file/--lambada-file paths '
+                        'filled in to the new folder DIR and print the plain `lm_eval --include_path DIR ...` command '
+                        '(the shipped task configs are never edited)')
     p.set_defaults(func=_eval)
 
     p = sub.add_parser('plot', help="the paper's Figure 1 (loss with spikes, update ratios, uniformity) from logged metrics")
@@ -186,24 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--title')
     p.set_defaults(func=_plot)
 
-    p = sub.add_parser('configs', help="write the paper's llm-foundry train YAMLs and MosaicML job files (what the "
-                                       "repository's yamls/pretrain and yamls/mcloud hold) from the installed package")
+    p = sub.add_parser('configs', help="write the tiny CPU train YAMLs, the paper's llm-foundry train YAMLs and MosaicML "
+                                       "job files (what the repository's yamls/tiny, yamls/pretrain and yamls/mcloud "
+                                       "hold) from the installed package")
     p.add_argument('--out', default='wesar-yamls', help='output folder (default: wesar-yamls)')
     p.add_argument('--sweep-save-root', help='also write the 85 jobs of the 1.3B sigma^2 x seed sweep to '
                                              'mcloud/sweep/, saving under this object store prefix (s3://...)')
     p.add_argument('--force', action='store_true', help='replace --out if it exists')
     p.set_defaults(func=_configs)
 
-    p = sub.add_parser('demo', help='WeSaR vs Small init on this machine (CPU, offline, ~10 min): report folder with plots and a table')
+    p = sub.add_parser('demo', help='WeSaR vs Small init, each at its own best lr, on this machine (CPU, offline, about 3 min '
+                                    'on 2 cores, corpus build included): report folder with plots and a table')
     p.add_argument('--out', default='wesar-report', help='report folder (default: wesar-report)')
-    p.add_argument('--data', default='wesar-data', help='prepared data folder, built once and reused (default: wesar-data)')
+    p.add_argument('--data', help="the demo's prepared data folder, built once and reused (default: <out>/data, so "
+                                  "wesar-report/data; `prepare` builds the full corpus separately, in wesar-data)")
     p.add_argument('--source', action='append', help="corpus for prepare: 'docstrings' (default), .txt/.jsonl, hf:<name>")
     p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto (default: wesar,small)')
     p.add_argument('--seeds', help='comma-separated seeds (default: 17)')
     one_or_sweep = p.add_mutually_exclusive_group()  # both given, one would be silently ignored
-    one_or_sweep.add_argument('--lr', type=float, help='peak learning rate (default: 1e-3)')
-    one_or_sweep.add_argument('--lrs', help='learning-rate sweep, e.g. 1e-3,3e-3,1e-2: draws held-out loss vs lr per method')
+    one_or_sweep.add_argument('--lr', type=float, help="one peak learning rate for every method (default: each method at "
+                                                       "its own best lr for the demo's shape, from the shipped sweep)")
+    one_or_sweep.add_argument('--lrs', help='learning-rate sweep for every method, e.g. 1e-3,3e-3,1e-2: draws held-out loss '
+                                            'vs lr per method')
     p.add_argument('--steps', type=int, help='optimizer steps per run (default: 200)')
+    p.add_argument('--max-chars', type=int, help="characters of the demo's corpus at most (default: 4000000; "
+                                                 "a smaller corpus builds faster, and leaves the shipped sweep's shape)")
     p.set_defaults(func=_demo)
     return parser
 

@@ -8,20 +8,24 @@ Online, the stock hub-backed tasks run by name (``--tasks wikitext,lambada_opena
 ``--wikitext-file`` / ``--lambada-file`` run the task configs of ``wesar_foundry/commands/eval_tasks/``
 (package data; ``yamls/eval`` in a checkout links to it): the same
 processing and metrics, reading local files in the standard formats. Their data paths are filled
-in at run time into a temporary include folder handed to lm-eval's ``TaskManager``.
+in at run time into a temporary include folder handed to lm-eval's ``TaskManager``; the shipped
+files are never edited (a file whose placeholder is gone is refused: editing it in would make the
+command's fill-in a silent no-op). For plain ``lm_eval --include_path``, ``--write-tasks DIR``
+writes the filled-in copies to DIR and prints the ``lm_eval`` command instead of evaluating.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wesar_foundry.files.atomic import write_text
+from wesar_foundry.files.atomic import staged_dir, write_text
 
 # The shipped task configs: package data, so that a non-editable install (`pip install .`, a wheel) has them.
 TASK_DIR = Path(__file__).resolve().parent / 'eval_tasks'
@@ -64,8 +68,9 @@ METRICS = {
 class EvalConfig:
     """Options of ``wesar-foundry eval``."""
 
-    model_dir: str
-    """An exported HF model folder (config.json, weights and tokenizer), e.g. from ``wesar-foundry export``."""
+    model_dir: str | None
+    """An exported HF model folder (config.json, weights and tokenizer), e.g. from ``wesar-foundry export``
+    (optional with ``write_tasks``: then only named in the printed command)."""
     tasks: tuple[str, ...] = ()
     """Stock hub-backed lm-eval tasks (need the network or a datasets cache); default: wikitext,
     lambada_openai when no local file is given."""
@@ -85,14 +90,28 @@ class EvalConfig:
     """Evaluate only the first N documents of each task (for quick checks; not the paper's number)."""
     task_dir: str = str(TASK_DIR)
     """Folder holding the local task configs (default: the package's ``eval_tasks/``)."""
+    write_tasks: str | None = None
+    """Instead of evaluating: write the local task configs, filled in, to this new folder (for plain ``lm_eval
+    --include_path``)."""
 
     def validate(self) -> None:
         """Check paths and values before anything heavy is imported or loaded."""
-        model_dir = Path(self.model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f'model_dir: no such folder: {self.model_dir}')
-        if not (model_dir / 'config.json').is_file():
-            raise FileNotFoundError(f'model_dir: {self.model_dir} holds no config.json; pass an exported HF model folder')
+        if self.write_tasks is not None:
+            if not self.local_tasks():
+                raise ValueError('--write-tasks: give --wikitext-file and/or --lambada-file, the data the written '
+                                 'task configs read')
+            if Path(self.write_tasks).exists() or Path(self.write_tasks).is_symlink():
+                raise FileExistsError(f'--write-tasks: {self.write_tasks} exists; give a new folder')
+        if self.model_dir is None:
+            if self.write_tasks is None:
+                raise ValueError('model_dir: missing; give an exported HF model folder (or --write-tasks DIR to write '
+                                 'the task configs for plain lm_eval)')
+        else:
+            model_dir = Path(self.model_dir)
+            if not model_dir.is_dir():
+                raise FileNotFoundError(f'model_dir: no such folder: {self.model_dir}')
+            if not (model_dir / 'config.json').is_file():
+                raise FileNotFoundError(f'model_dir: {self.model_dir} holds no config.json; pass an exported HF model folder')
         for option, path in (('--wikitext-file', self.wikitext_file), ('--lambada-file', self.lambada_file)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f'{option}: no such file: {path}')
@@ -110,6 +129,8 @@ class EvalConfig:
             if missing:
                 raise FileNotFoundError(f'--task-dir: {self.task_dir} lacks {", ".join(missing)} '
                                         f'(the task configs shipped in {TASK_DIR})')
+            for task, _ in self.local_tasks():
+                check_placeholder(task_dir / task.yaml, task)
 
     def local_tasks(self) -> list[tuple[LocalTask, str]]:
         """The local tasks asked for, each with its data file."""
@@ -123,6 +144,16 @@ class EvalConfig:
         return [] if self.local_tasks() else list(DEFAULT_TASKS)
 
 
+def check_placeholder(path: Path, task: LocalTask) -> None:
+    """Refuse a task config whose placeholder was edited away: its data path would not be filled in."""
+    if not any(task.placeholder in line.split('#', 1)[0] for line in path.read_text().splitlines()):
+        raise ValueError(
+            f'{path} no longer holds the placeholder {task.placeholder} (edited?), so the file given with '
+            f'{task.option} would not be used: restore the file as shipped (git checkout -- <file> in a checkout, '
+            f'or reinstall wesar-foundry) and pass the data file with {task.option} instead; for plain lm_eval, '
+            f'wesar-foundry eval --write-tasks DIR {task.option} FILE writes a filled-in copy')
+
+
 def write_task_dir(cfg: EvalConfig, out: Path) -> None:
     """Copy the local task configs into ``out`` with their data paths filled in."""
     src = Path(cfg.task_dir)
@@ -133,14 +164,36 @@ def write_task_dir(cfg: EvalConfig, out: Path) -> None:
         (out / task.yaml).write_text(text.replace(task.placeholder, json.dumps(str(Path(data_file).resolve()))))
 
 
+def write_tasks(cfg: EvalConfig) -> Path:
+    """``--write-tasks``: the filled-in task configs in the new folder ``cfg.write_tasks`` (whole or not at all)."""
+    out = Path(cfg.write_tasks)
+    with staged_dir(out) as tmp:
+        write_task_dir(cfg, tmp)
+    return out
+
+
+def lm_eval_command(cfg: EvalConfig) -> str:
+    """The plain ``lm_eval`` command that runs what ``cfg`` asks, on the folder ``--write-tasks`` wrote."""
+    model = str(Path(cfg.model_dir).resolve()) if cfg.model_dir else '<exported model folder>'
+    model_args = f'pretrained={model},dtype={cfg.dtype}'
+    if cfg.max_length is not None:
+        model_args += f',max_length={cfg.max_length}'
+    tasks = ','.join([t.name for t, _ in cfg.local_tasks()] + list(cfg.tasks))
+    args = ['lm_eval', '--model', 'hf', '--model_args', model_args, '--include_path', str(Path(cfg.write_tasks).resolve()),
+            '--tasks', tasks, '--batch_size', str(cfg.batch_size), '--device', cfg.device]
+    if cfg.limit is not None:
+        args += ['--limit', str(cfg.limit)]
+    return shlex.join(args)
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run lm-eval on ``cfg.model_dir``; returns {'tasks': {task: {metric: value, 'docs': n, 'data': ...}}, ...}."""
+    cfg.validate()
     try:
         import lm_eval
     except ModuleNotFoundError as e:
         raise ImportError(f'wesar-foundry eval runs lm-eval-harness, which is not installed ({e}); install it with '
                           "pip install -c constraints.txt -e '.[eval]' in a checkout, or pip install 'lm-eval>=0.4.8'") from None
-    cfg.validate()
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 

@@ -20,11 +20,12 @@ from transformers import PreTrainedTokenizerBase
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from wesar_foundry.foundry.fsdp_check import check_fsdp_version
+from wesar_foundry.foundry.log_level import follow_llmfoundry
 from wesar_foundry.models.hf import WeSaRHFOptions, build_hf_config, gated_class, stock_class
 from wesar_foundry.models.llama import WeSaRLlamaForCausalLM
 from wesar_foundry.models.llama_config import WeSaRLlamaOptions
 from wesar_foundry.models.reparam_options import ReparamOptions
-from wesar_foundry.reparam import ReparamMatrix
+from wesar_foundry.reparam import PlainMatrix, ReparamMatrix
 from wesar_foundry._moved import renamed
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,15 @@ def attach_init_and_fsdp_hooks(model: torch.nn.Module, init_fn, *, n_layers: int
         model.apply(param_init_fn)
 
 
+def describe_init(options: ReparamOptions, model: torch.nn.Module) -> str:
+    """The log line of a model's init: its reparameterization, target, and the σ its stored weights use."""
+    what = f'reparam {options.reparam}, {options.init_target} target'
+    if all(isinstance(m, PlainMatrix) for m in model.modules() if isinstance(m, ReparamMatrix)):
+        # none / residual_scaling: each matrix is drawn at its target's std (over its constant).
+        return f'{what}: every matrix drawn at its target std (init_config.sigma2 is not used)'
+    return f'{what}; {options.sigma_choice.describe()}'
+
+
 class ReparamComposerModel(HuggingFaceModel):
     """The Composer wrapper of a causal LM with reparameterized matrices: loss with z-loss, LM
     metrics, FLOPs. Subclasses read their options, build the HF model and call this ``__init__``."""
@@ -119,7 +129,8 @@ class ReparamComposerModel(HuggingFaceModel):
         # σ and the gates' constant as chosen (sigma2: auto derives them from the lr): logged here and
         # as hyperparameters by gate_health_monitor; saved in the HF config and as gate_scale buffers.
         self.sigma_choice = options.sigma_choice
-        log.info('wesar-foundry %s: %s', type(self).__name__, self.sigma_choice.describe())
+        follow_llmfoundry()  # else this line is dropped whatever the YAML's python_log_level
+        log.info('wesar-foundry %s: %s', type(self).__name__, describe_init(options, model))
         self._n_layers, self._d_model = n_layers, d_model
         # Counted once: speed_monitor asks for FLOPs every batch. The embedding is a lookup.
         lookups = {id(p) for m in model.modules() if isinstance(m, ReparamMatrix) and m.kind == 'embedding'

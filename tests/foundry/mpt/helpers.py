@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from tests.helpers import batch
+from tests.helpers import batch, without_saving
 from wesar_foundry.foundry.mpt.composer import WeSaRMPTComposerModel
 
 MPT_YAML = Path(__file__).resolve().parents[3] / 'yamls' / 'tiny' / 'mpt.yaml'
@@ -27,7 +27,7 @@ def build(**kwargs) -> WeSaRMPTComposerModel:
 
 def mpt_cfg(tiny_data, run_name: str, *overrides: str, callbacks: dict | None = None):
     """The shipped tiny MPT YAML, shrunk, on ``tiny_data``, with dotlist overrides."""
-    cfg = OmegaConf.load(MPT_YAML)
+    cfg = without_saving(OmegaConf.load(MPT_YAML))
     cfg.variables.data_local = str(tiny_data)
     cfg.variables.max_seq_len = TINY_MPT['max_seq_len']
     cfg.model.update(TINY_MPT)

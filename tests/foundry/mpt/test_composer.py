@@ -46,9 +46,11 @@ def test_the_shipped_tiny_mpt_yaml_trains_with_its_monitors_and_exports(tiny_dat
         'max_duration=2ba', 'eval_interval=2ba', 'eval_subset_num_batches=1', 'global_train_batch_size=8',
         'device_train_batch_size=8', 'device_train_microbatch_size=8', 'device_eval_batch_size=8',
         'callbacks.update_ratio_monitor.interval=1']))
-    train(cfg)  # cwd is tmp_path: the YAML's run-name-relative outputs land there
-    assert (tmp_path / 'tiny-mpt' / 'hf' / 'huggingface' / 'ba2' / 'model.safetensors').is_file()
-    lines = [json.loads(x) for x in (tmp_path / 'tiny-mpt' / 'metrics.jsonl').read_text().splitlines()]
+    train(cfg)  # cwd is tmp_path: the YAML's outputs land in runs/tiny-mpt/ there
+    run = tmp_path / 'runs' / 'tiny-mpt'
+    assert (run / 'huggingface' / 'ba2' / 'model.safetensors').is_file()
+    assert (run / 'checkpoints' / 'latest-rank0.pt').resolve() == run / 'checkpoints' / 'ep0-ba2-rank0.pt'
+    lines = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     assert any(any(k.startswith('update_ratio/') for k in line) for line in lines)
 
 
