@@ -35,6 +35,7 @@ REDUCTIONS = {
     'wesar-foundry demo': '--steps 12 --max-chars 150000',  # steps > the demo's 10 warm-up steps
     'wesar-foundry prepare': '--max-chars 300000',
     'llmfoundry train': 'max_duration=4ba eval_interval=2ba eval_subset_num_batches=1 scheduler.t_warmup=2ba',
+    'wesar-foundry coord-check': '--widths 32,64 --steps 3',
     'FSDP_VERSION=2 composer -n 2': ('max_duration=4ba save_interval=2ba eval_interval=2ba '
                                      'scheduler.t_warmup=4096tok eval_subset_num_batches=1'),
 }

@@ -112,6 +112,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coord_check(args: argparse.Namespace) -> int:
+    from wesar_foundry.commands.coord_check import CoordCheckConfig, run_coord_check
+    cfg = CoordCheckConfig(
+        yaml=args.yaml, widths=_numbers(args.widths, int, '--widths'),
+        depths=_numbers(args.depths, int, '--depths') if args.depths else None,
+        steps=args.steps, seed=args.seed, tol=args.tol, out=args.out, overrides=list(args.overrides),
+    )
+    run_coord_check(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='wesar-foundry', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -229,6 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-chars', type=int, help="characters of the demo's corpus at most (default: 4000000; "
                                                  "a smaller corpus builds faster, and leaves the shipped sweep's shape)")
     p.set_defaults(func=_demo)
+
+    from wesar_foundry.core.coords import RULE as COORD_RULE  # stdlib only: the CLI still starts without torch
+    p = sub.add_parser(
+        'coord-check', help='coordinate check of a train YAML before a large run: update ratios and activation RMS '
+                            'per matrix role against width (a few steps per width), and the roles that drift',
+        description='The coordinate check of muP (Yang et al. 2022) on your own llm-foundry YAML (model wesar_llama '
+                    'or wesar_hf): for each width (and depth) the model is resized (head dim kept; wesar_llama: '
+                    'd_model, n_heads, MLP by its expansion_ratio; wesar_hf: hidden_size, heads, kv heads, '
+                    'intermediate_size in proportion) and trained --steps steps through llm-foundry\'s train() on '
+                    'the YAML\'s data, at a constant lr (optimizer.lr), without eval, checkpoints, exports or the '
+                    'YAML\'s callbacks, in one process. Per role it records the update ratio (update_ratio_monitor, '
+                    'effective matrices) and the RMS of the matrices\' outputs at every step, writes '
+                    '<out>/coords.json and <out>/coords-<quantity>.png/.svg (value against width, log-log, one line '
+                    'per role, step 1 and the last step), and prints the slopes. Rule: ' + COORD_RULE + '.')
+    p.add_argument('yaml', help='the llm-foundry train YAML')
+    p.add_argument('overrides', nargs='*', help='dotlist overrides as llmfoundry train takes them, right after the YAML '
+                                                '(options go before the YAML or after the overrides), e.g. '
+                                                'precision=fp32 variables.data_local=./wesar-data')
+    p.add_argument('--widths', default='64,128,256,512',
+                   help='comma-separated widths, at least two, each a multiple of the head dim (default: 64,128,256,512)')
+    p.add_argument('--depths', help="comma-separated layer counts (default: the YAML's); with several, slopes against "
+                                    'depth are reported too')
+    p.add_argument('--steps', type=int, default=5, help='optimizer steps per run, >= 2 (default: 5)')
+    p.add_argument('--seed', type=int, default=17, help='seed of every run (default: 17)')
+    p.add_argument('--tol', type=float, default=0.25,
+                   help='a role drifts when |slope of ln(value) against ln(width)| > tol (default: 0.25)')
+    p.add_argument('--out', default='coord-check', help='output folder (default: coord-check)')
+    p.set_defaults(func=_coord_check)
     return parser
 
 

@@ -1,0 +1,214 @@
+"""Tune small, train big (issue 24): does each method's best lr hold across width and depth?
+
+A grid of ``wesar-foundry demo`` runs (``demo.run_config`` through ``spike_search.one_run``:
+seq 128, batch 16, 200 steps, warm-up 10, cosine to 10%, AdamW (0.9, 0.95), decoupled weight
+decay 0.01·lr, clip 1.0, z-loss 1e-4, the docstring corpus capped at 4M characters, held-out
+loss on the whole val split). 200 steps × 16 × 128 = 0.41M tokens, under the corpus's 1.1M train
+tokens: every run sees each token at most once (the sub-epoch regime the issue asks for).
+
+Shapes: widths 64, 128, 256 at depth 4, and depths 2, 4, 8 at width 128 (d128 N4 is shared);
+4 heads at d ≥ 128, 2 at d = 64 (head dim 32 or 64). lrs 3e-4 … 3e-2 (five, evenly spaced in log
+lr over two orders of magnitude). Methods: ``small``, ``he``, ``wesar`` (σ² 4e-5), ``wesar_auto``.
+
+**Resumable, appended as it goes.** Each finished run is appended as one JSON line to
+``<out>/runs.jsonl`` (and its run folder keeps ``result.json``); a second call skips every run
+already there, so the grid can be run over several sittings (``--budget-min`` stops starting
+runs past a wall time). The order puts a useful figure first: seed 17 over the whole width
+series, then the depth series, then seed 18, then a third seed at each method's best point.
+
+**What it reports** (``<out>/table.md``, ``summary.json``, ``transfer-width.png``,
+``transfer-depth.png``), per method and shape, from the held-out losses ℓ(η) averaged over seeds:
+- the optimal lr η* (the grid point with the lowest mean; ties impossible in practice);
+- Wortsman et al. (2023)'s **LR sensitivity**: mean over the grid of min(ℓ(η), ℓ₀) − ℓ*, where ℓ*
+  is the best mean over the grid and ℓ₀ the loss at initialization (the train cross-entropy of the
+  first step, taken before any update; averaged over the method's runs of that shape). A diverged
+  run (no held-out loss) counts as ℓ₀. Only grid points with a result for that method and shape
+  count, and the table says how many.
+
+    OMP_NUM_THREADS=2 python bench/transfer.py --budget-min 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+METHODS = ['small', 'he', 'wesar', 'wesar_auto']
+LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+WIDTHS, DEPTH_AT = [64, 128, 256], 4
+DEPTHS, WIDTH_AT = [2, 4, 8], 128
+TAIL = 'T128_B16_w10_s200'
+
+
+def shape(d: int, n: int) -> str:
+    return f'd{d}_N{n}' + ('_h2' if d < 128 else '')
+
+
+def setting(d: int, n: int, lr: float) -> str:
+    """A ``spike_search`` setting spec (its parser reads d, N, h, T, B, w, s and lr)."""
+    return f'{shape(d, n)}_{TAIL}_lr{lr:g}'
+
+
+def plan(seeds: list[int]) -> list[tuple[int, int, str, float, int]]:
+    """(d, N, method, lr, seed) in the order the grid is run: one seed over the width series, the
+    depth series, then the next seed (the third seed goes to each best point, see ``best_points``)."""
+    shapes = [(d, DEPTH_AT) for d in WIDTHS] + [(WIDTH_AT, n) for n in DEPTHS if n != DEPTH_AT]
+    return [(d, n, m, lr, sd) for sd in seeds for d, n in shapes for m in METHODS for lr in LRS]
+
+
+def key(d: int, n: int, m: str, lr: float, sd: int) -> str:
+    return f'{shape(d, n)}|{m}|{lr:g}|{sd}'
+
+
+def first_loss(metrics: Path) -> float:
+    """The train cross-entropy of the first step: the loss at initialization."""
+    from wesar_foundry.commands.plot import read_metrics
+    s = read_metrics(metrics).series.get('loss/train/ce', [])
+    return s[0][1] if s else math.nan
+
+
+def analyse(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per shape and method: mean held-out loss per lr, η*, ℓ*, ℓ₀, LR sensitivity."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r['shape'], {}).setdefault(r['method'], []).append(r)
+    summ: dict[str, dict[str, Any]] = {}
+    for sh, by_method in out.items():
+        for m, rs in by_method.items():
+            l0s = [r['l0'] for r in rs if math.isfinite(r.get('l0', math.nan))]
+            l0 = statistics.mean(l0s) if l0s else math.nan
+            per_lr: dict[float, list[float]] = {}
+            for r in rs:
+                v = r.get('val_loss', math.nan)
+                per_lr.setdefault(r['lr'], []).append(v if math.isfinite(v) else l0)
+            means = {lr: statistics.mean(v) for lr, v in sorted(per_lr.items())}
+            stds = {lr: (statistics.stdev(v) if len(v) > 1 else math.nan) for lr, v in sorted(per_lr.items())}
+            best_lr = min(means, key=means.get)
+            best = means[best_lr]
+            sens = statistics.mean(min(v, l0) - best for v in means.values()) if math.isfinite(l0) else math.nan
+            summ.setdefault(sh, {})[m] = {'loss': means, 'std': stds, 'n': {lr: len(v) for lr, v in per_lr.items()},
+                                         'best_lr': best_lr, 'best': best, 'l0': l0, 'lr_sensitivity': sens,
+                                         'grid_points': len(means)}
+    return summ
+
+
+def table(summ: dict[str, dict[str, Any]]) -> str:
+    lines = ['| shape | method | ' + ' | '.join(f'lr {lr:g}' for lr in LRS) + ' | best lr | ℓ* | ℓ₀ | LR sensitivity (points) |',
+             '|---|---|' + '---|' * len(LRS) + '---|---|---|---|']
+    for sh in sorted(summ, key=lambda s: (int(s.split('_')[1][1:]), int(s.split('_')[0][1:]))):
+        for m in METHODS:
+            if m not in summ[sh]:
+                continue
+            s = summ[sh][m]
+            cells = []
+            for lr in LRS:
+                if lr in s['loss']:
+                    sd = s['std'][lr]
+                    cells.append(f'{s["loss"][lr]:.3f}' + (f' ± {sd:.3f}' if math.isfinite(sd) else '') + f' ({s["n"][lr]})')
+                else:
+                    cells.append('–')
+            lines.append(f'| {sh} | {m} | ' + ' | '.join(cells) + f' | {s["best_lr"]:g} | {s["best"]:.3f} | {s["l0"]:.3f} | '
+                         f'{s["lr_sensitivity"]:.3f} ({s["grid_points"]}/{len(LRS)}) |')
+    return '\n'.join(lines)
+
+
+def plot(summ: dict[str, dict[str, Any]], series: list[str], label: str, path: Path) -> None:
+    """The transfer figure: held-out loss against lr, one panel per method, one curve per shape."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(METHODS), figsize=(4 * len(METHODS), 3.6), sharey=True)
+    for ax, m in zip(axes, METHODS):
+        for sh in series:
+            s = summ.get(sh, {}).get(m)
+            if not s:
+                continue
+            lrs = sorted(s['loss'])
+            ax.plot(lrs, [s['loss'][lr] for lr in lrs], marker='o', label=sh)
+            ax.plot([s['best_lr']], [s['best']], marker='*', markersize=12, color=ax.lines[-1].get_color())
+        ax.set_xscale('log')
+        ax.set_title(m)
+        ax.set_xlabel('peak learning rate')
+    axes[0].set_ylabel('held-out loss (nats/token)')
+    axes[-1].legend(title=label, fontsize=8)
+    fig.tight_layout()
+    for suffix in ('.png', '.svg'):
+        fig.savefig(path.with_suffix(suffix), dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--seeds', default='17,18', help='seeds over the whole grid (a third goes to best points)')
+    ap.add_argument('--third-seed', type=int, default=19, help='seed added at each method × shape best lr')
+    ap.add_argument('--budget-min', type=float, default=120.0, help='start no run past this wall time (minutes)')
+    ap.add_argument('--work', default='/tmp/wesar-transfer', help='run folders (metrics, result.json)')
+    ap.add_argument('--out', default='bench/results/transfer')
+    ap.add_argument('--report-only', action='store_true', help='analyse runs.jsonl, train nothing')
+    args = ap.parse_args()
+
+    import os
+    os.environ.setdefault('OMP_NUM_THREADS', '2')
+    from spike_search import one_run
+
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / 'runs.jsonl'
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    done = {r['key'] for r in rows}
+    todo = [] if args.report_only else [p for p in plan([int(s) for s in args.seeds.split(',')]) if key(*p) not in done]
+    start, walls = time.perf_counter(), []
+
+    def run(d: int, n: int, m: str, lr: float, sd: int) -> None:
+        elapsed = time.perf_counter() - start
+        print(f'[transfer] {shape(d, n)} {m} lr {lr:g} seed {sd} ({len(rows)} done, {elapsed / 60:.1f} min in)', flush=True)
+        r = one_run(setting(d, n, lr), m, sd, work, work / 'data')
+        metrics = work / setting(d, n, lr) / f'{m}-seed{sd}' / 'metrics.jsonl'
+        row = {'key': key(d, n, m, lr, sd), 'shape': shape(d, n), 'd': d, 'N': n, 'method': m, 'lr': lr, 'seed': sd,
+               'val_loss': r.get('val_loss', math.nan), 'train_loss': r.get('train_loss', math.nan),
+               'l0': first_loss(metrics) if metrics.exists() else math.nan, 'wall_s': r['wall_s'],
+               'error': r.get('error'), 'gate_min_fraction': r.get('gate_min_fraction', math.nan)}
+        with open(log, 'a') as f:  # appended the moment it finishes: a stopped grid loses no run
+            f.write(json.dumps(row) + '\n')
+        rows.append(row)
+        walls.append(r['wall_s'])
+        print(f'[transfer]   {r["wall_s"]:.0f} s: held-out {row["val_loss"]:.3f}, l0 {row["l0"]:.3f}'
+              + (f', {row["error"][:100]}' if row['error'] else ''), flush=True)
+
+    def over_budget() -> bool:
+        est = statistics.mean(walls) if walls else 0.0
+        return time.perf_counter() - start + est > args.budget_min * 60
+
+    for p in todo:
+        if over_budget():
+            print(f'[transfer] budget {args.budget_min:g} min reached: {len(todo) - len(walls)} runs left for the next call')
+            break
+        run(*p)
+    if not args.report_only and not over_budget():  # the third seed at each method × shape's best lr
+        summ = analyse(rows)
+        for sh, by_m in summ.items():
+            d, n = int(sh.split('_')[0][1:]), int(sh.split('_')[1][1:])
+            for m, s in by_m.items():
+                p = (d, n, m, s['best_lr'], args.third_seed)
+                if key(*p) not in {r['key'] for r in rows} and not over_budget():
+                    run(*p)
+
+    summ = analyse(rows)
+    md = table(summ)
+    (out / 'table.md').write_text(md + '\n')
+    (out / 'summary.json').write_text(json.dumps(summ, indent=1, default=str))
+    plot(summ, [shape(d, DEPTH_AT) for d in WIDTHS], f'width (N={DEPTH_AT})', out / 'transfer-width')
+    plot(summ, [shape(WIDTH_AT, n) for n in DEPTHS], f'depth (d={WIDTH_AT})', out / 'transfer-depth')
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
