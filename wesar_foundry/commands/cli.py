@@ -41,8 +41,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if cfg.write_tasks is not None and args.out:
         raise ValueError('--out: with --write-tasks nothing is evaluated here (lm_eval writes its results with --output_path)')
-    cfg.validate()
-    if cfg.write_tasks is not None:
+    if cfg.write_tasks is not None:  # write_tasks() and evaluate() each validate cfg first
         out = write_tasks(cfg)
         print(f'wrote the task configs, their data files filled in, to {out}/; evaluate with plain lm-eval:\n  '
               + lm_eval_command(cfg))

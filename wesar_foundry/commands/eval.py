@@ -166,6 +166,7 @@ def write_task_dir(cfg: EvalConfig, out: Path) -> None:
 
 def write_tasks(cfg: EvalConfig) -> Path:
     """``--write-tasks``: the filled-in task configs in the new folder ``cfg.write_tasks`` (whole or not at all)."""
+    cfg.validate()
     out = Path(cfg.write_tasks)
     with staged_dir(out) as tmp:
         write_task_dir(cfg, tmp)
