@@ -59,7 +59,7 @@ DEFAULT_SETTINGS = [
 ]
 KEYS = {'d': ('d_model', int), 'N': ('n_layers', int), 'h': ('n_heads', int), 'T': ('seq_len', int),
         'B': ('batch_size', int), 'lr': ('lr', float), 'w': ('warmup', int), 's': ('steps', int),
-        'z': ('z_loss', float), 'sig': ('sigma2', float)}
+        'z': ('z_loss', float), 'sig': ('sigma2', float), 'rw': ('ref_width', int)}
 
 
 def parse_setting(spec: str) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     from wesar_foundry.foundry.callbacks.loss_spike_monitor import LossSpikeMonitor
 
     p = parse_setting(setting)
-    extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2') if k in p}
+    extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2', 'ref_width') if k in p}
     # One lr for every method (the demo's default is each method's own best lr; this protocol is not that).
     cfg = DemoConfig(methods=[method], seeds=[seed], lrs=[extra.get('lr', FALLBACK_LR)], **p)
     cfg.validate()
@@ -137,6 +137,10 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
         conf['model']['z_loss'] = extra['z_loss']
     if 'sigma2' in extra and method == 'wesar':
         conf['model']['init_config']['sigma2'] = extra['sigma2']
+    if method == 'wesar_auto':  # sig: the reference σ², i.e. the relative step ref_lr/σ_ref; rw: the width it holds at
+        init = conf['model']['init_config']
+        init.update({'ref_sigma2': extra['sigma2']} if 'sigma2' in extra else {})
+        init.update({'ref_width': extra['ref_width']} if 'ref_width' in extra else {})
     conf['progress_bar'] = False
     (run_dir / 'config.json').write_text(json.dumps(conf, indent=1))
     t0 = time.perf_counter()

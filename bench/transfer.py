@@ -25,7 +25,16 @@ series, then the depth series, then seed 18, then a third seed at each method's 
   run (no held-out loss) counts as ℓ₀. Only grid points with a result for that method and shape
   count, and the table says how many.
 
+**The relative-step sweep** (``--sweep rel-step``, ``<out>/rel_step/``): WeSaR with ``sigma2: auto``
+at lr 1e-2, its reference σ² (``ref_sigma2``, so the relative step lr_ref/σ_ref) on a ×2 grid
+4e-5·{¼ … 8} at widths 64, 128, 256 (4 layers). Without a width rule the best ref σ² should not
+move with width; μP's scaling of Adam's hidden-matrix step says it grows ∝ width, which is what
+``ref_width`` does. A run with ``ref_sigma2: S, ref_width: 128`` at width d is the run with
+``ref_sigma2: S·d/128`` and no ``ref_width`` (the same σ², the same gates: ``sigma_rule``), so
+one grid gives both figures: loss against the relative step (no rule) and against the rule's S.
+
     OMP_NUM_THREADS=2 python bench/transfer.py --budget-min 120
+    OMP_NUM_THREADS=2 python bench/transfer.py --sweep rel-step --budget-min 30
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 WIDTHS, DEPTH_AT = [64, 128, 256], 4
 DEPTHS, WIDTH_AT = [2, 4, 8], 128
 TAIL = 'T128_B16_w10_s200'
+# The relative-step sweep: sigma2: auto at one lr, its reference σ² on a ×2 grid, and the rule's width.
+REL_LR, REL_FACTORS, REF_SIGMA2, REF_LR, RULE_WIDTH = 1e-2, [0.25, 0.5, 1, 2, 4, 8], 4e-5, 1e-3, 128
 
 
 def shape(d: int, n: int) -> str:
@@ -93,15 +104,16 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             stds = {lr: (statistics.stdev(v) if len(v) > 1 else math.nan) for lr, v in sorted(per_lr.items())}
             best_lr = min(means, key=means.get)
             best = means[best_lr]
+            fit = fitted_min(list(means), list(means.values())) if len(means) == len(LRS) else None
             sens = statistics.mean(min(v, l0) - best for v in means.values()) if math.isfinite(l0) else math.nan
             summ.setdefault(sh, {})[m] = {'loss': means, 'std': stds, 'n': {lr: len(v) for lr, v in per_lr.items()},
-                                         'best_lr': best_lr, 'best': best, 'l0': l0, 'lr_sensitivity': sens,
+                                         'best_lr': best_lr, 'fitted_lr': fit, 'best': best, 'l0': l0, 'lr_sensitivity': sens,
                                          'grid_points': len(means)}
     return summ
 
 
 def table(summ: dict[str, dict[str, Any]]) -> str:
-    lines = ['| shape | method | ' + ' | '.join(f'lr {lr:g}' for lr in LRS) + ' | best lr | ℓ* | ℓ₀ | LR sensitivity (points) |',
+    lines = ['| shape | method | ' + ' | '.join(f'lr {lr:g}' for lr in LRS) + ' | best lr (fitted) | ℓ* | ℓ₀ | LR sensitivity (points) |',
              '|---|---|' + '---|' * len(LRS) + '---|---|---|---|']
     for sh in sorted(summ, key=lambda s: (int(s.split('_')[1][1:]), int(s.split('_')[0][1:]))):
         for m in METHODS:
@@ -115,8 +127,20 @@ def table(summ: dict[str, dict[str, Any]]) -> str:
                     cells.append(f'{s["loss"][lr]:.3f}' + (f' ± {sd:.3f}' if math.isfinite(sd) else '') + f' ({s["n"][lr]})')
                 else:
                     cells.append('–')
-            lines.append(f'| {sh} | {m} | ' + ' | '.join(cells) + f' | {s["best_lr"]:g} | {s["best"]:.3f} | {s["l0"]:.3f} | '
+            fit = f' ({s["fitted_lr"]:.2g})' if s.get('fitted_lr') else ''
+            lines.append(f'| {sh} | {m} | ' + ' | '.join(cells) + f' | {s["best_lr"]:g}{fit} | {s["best"]:.3f} | {s["l0"]:.3f} | '
                          f'{s["lr_sensitivity"]:.3f} ({s["grid_points"]}/{len(LRS)}) |')
+    lines += ['', 'Slope of ln(best lr) against ln(width) at depth 4 and ln(depth) at width 128 (fitted optimum where '
+              'the grid has one inside it, else the grid\'s best; shapes with the whole lr grid; 0: the lr transfers):', '',
+              '| method | against width | against depth |', '|---|---|---|']
+    for m in METHODS:
+        def slope(series: list[tuple[int, str]]) -> str:
+            full = [(x, summ[sh][m]) for x, sh in series if summ.get(sh, {}).get(m, {}).get('grid_points') == len(LRS)]
+            pts = [(x, s['fitted_lr'] or s['best_lr']) for x, s in full]
+            v = width_slope(pts) if len(pts) >= 3 else None
+            return f'{v:+.2f} ({len(pts)} shapes)' if v is not None else f'n/a ({len(pts)} shapes)'
+        lines.append(f'| {m} | {slope([(d, shape(d, DEPTH_AT)) for d in WIDTHS])} | '
+                     f'{slope([(n, shape(WIDTH_AT, n)) for n in DEPTHS])} |')
     return '\n'.join(lines)
 
 
@@ -145,6 +169,123 @@ def plot(summ: dict[str, dict[str, Any]], series: list[str], label: str, path: P
     plt.close(fig)
 
 
+def rel_plan(seeds: list[int]) -> list[tuple[int, int, float, int]]:
+    """(d, N, ref σ², seed) of the relative-step sweep: one seed over the width series, then the next."""
+    return [(d, DEPTH_AT, REF_SIGMA2 * f, sd) for sd in seeds for d in WIDTHS for f in REL_FACTORS]
+
+
+def rel_key(d: int, n: int, s2: float, sd: int) -> str:
+    return f'{shape(d, n)}|wesar_auto|lr{REL_LR:g}|sig{s2:g}|{sd}'
+
+
+def fitted_min(xs: list[float], ys: list[float]) -> float | None:
+    """The minimum of a parabola in log x through the lowest grid point and its two neighbours (a finer
+    estimate of the optimum than the grid's spacing); None when the lowest point is at an end of the grid."""
+    i = min(range(len(ys)), key=ys.__getitem__)
+    if i in (0, len(ys) - 1):
+        return None
+    (x0, x1, x2), (y0, y1, y2) = [math.log(x) for x in xs[i - 1:i + 2]], ys[i - 1:i + 2]
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 ** 2 * (y0 - y1) + x1 ** 2 * (y2 - y0) + x0 ** 2 * (y1 - y2)) / denom
+    return math.exp(-b / (2 * a)) if a > 0 else None
+
+
+def rel_analyse(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per shape: mean held-out loss per ref σ², the best on the grid and the fitted optimum, as ref σ²,
+    as relative step lr_ref/σ_ref, and as the rule's S = σ²·RULE_WIDTH/d (``ref_width: RULE_WIDTH``)."""
+    by: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        by.setdefault(r['shape'], {}).setdefault(r['ref_sigma2'], []).append(
+            r['val_loss'] if math.isfinite(r.get('val_loss', math.nan)) else r.get('l0', math.nan))
+    out = {}
+    for sh, per in by.items():
+        d = int(sh.split('_')[0][1:])
+        s2s = sorted(per)
+        means = [statistics.mean(per[x]) for x in s2s]
+        best = s2s[min(range(len(means)), key=means.__getitem__)]
+        fit = fitted_min(s2s, means)
+        out[sh] = {'d': d, 'ref_sigma2': s2s, 'loss': means, 'n': [len(per[x]) for x in s2s],
+                   'std': [statistics.stdev(per[x]) if len(per[x]) > 1 else math.nan for x in s2s],
+                   'best_ref_sigma2': best, 'fitted_ref_sigma2': fit,
+                   'best_rel_step': REF_LR / math.sqrt(best), 'fitted_rel_step': REF_LR / math.sqrt(fit) if fit else None,
+                   'best_rule_S': best * RULE_WIDTH / d, 'fitted_rule_S': fit * RULE_WIDTH / d if fit else None}
+    return out
+
+
+def width_slope(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of ln(value) against ln(width): 0 means the value transfers across width."""
+    pts = [(math.log(d), math.log(v)) for d, v in points if v]
+    if len(pts) < 2:
+        return None
+    mx, my = statistics.mean(p[0] for p in pts), statistics.mean(p[1] for p in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def rel_table(summ: dict[str, dict[str, Any]]) -> str:
+    shapes = sorted(summ, key=lambda s: summ[s]['d'])
+    cols = sorted({x for s in shapes for x in summ[s]['ref_sigma2']})
+    lines = ['| width | ' + ' | '.join(f'ref σ² {x:g} (step {REF_LR / math.sqrt(x):.3f})' for x in cols)
+             + ' | best ref σ² (grid / fitted) | best relative step (fitted) | rule\'s S = σ²·128/d (fitted) |',
+             '|---|' + '---|' * len(cols) + '---|---|---|']
+    for sh in shapes:
+        s = summ[sh]
+        cells = []
+        for x in cols:
+            if x in s['ref_sigma2']:
+                i = s['ref_sigma2'].index(x)
+                sd = s['std'][i]
+                cells.append(f'{s["loss"][i]:.3f}' + (f' ± {sd:.3f}' if math.isfinite(sd) else '') + f' ({s["n"][i]})')
+            else:
+                cells.append('–')
+        fit = lambda v, f='.3g': format(v, f) if v else 'at the grid\'s end'  # noqa: E731
+        lines.append(f'| {s["d"]} | ' + ' | '.join(cells) + f' | {s["best_ref_sigma2"]:g} / {fit(s["fitted_ref_sigma2"])} | '
+                     f'{fit(s["fitted_rel_step"], ".3f")} | {fit(s["fitted_rule_S"])} |')
+    fitted = [(summ[sh]['d'], summ[sh]['fitted_ref_sigma2']) for sh in shapes]
+    slope = width_slope(fitted)
+    lines.append('')
+    lines.append(f'Slope of ln(fitted best ref σ²) against ln(width): '
+                 + (f'{slope:+.2f}' if slope is not None else 'n/a')
+                 + ' (0: the relative step transfers as it is; +1: σ² ∝ width, the ``ref_width`` rule).')
+    return '\n'.join(lines)
+
+
+def rel_plot(summ: dict[str, dict[str, Any]], path: Path) -> None:
+    """Held-out loss against the relative step (no rule) and against the rule's S, one curve per width."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for sh in sorted(summ, key=lambda s: summ[s]['d']):
+        s = summ[sh]
+        x_step = [REF_LR / math.sqrt(x) for x in s['ref_sigma2']]
+        x_rule = [x * RULE_WIDTH / s['d'] for x in s['ref_sigma2']]
+        line, = axes[0].plot(x_step, s['loss'], marker='o', label=f'd={s["d"]}')
+        axes[1].plot(x_rule, s['loss'], marker='o', color=line.get_color(), label=f'd={s["d"]}')
+        i = s['ref_sigma2'].index(s['best_ref_sigma2'])
+        axes[0].plot([x_step[i]], [s['loss'][i]], marker='*', markersize=13, color=line.get_color())
+        axes[1].plot([x_rule[i]], [s['loss'][i]], marker='*', markersize=13, color=line.get_color())
+    axes[0].set_xlabel('relative step lr_ref/σ_ref (the same at every width)')
+    axes[1].set_xlabel(f'ref_sigma2 with ref_width: {RULE_WIDTH} (σ² ∝ width)')
+    axes[0].set_ylabel('held-out loss (nats/token)')
+    for ax in axes:
+        ax.set_xscale('log')
+    axes[0].set_title(f'sigma2: auto, lr {REL_LR:g}: no width rule')
+    axes[1].set_title('the same runs under the ref_width rule')
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    for suffix in ('.png', '.svg'):
+        fig.savefig(path.with_suffix(suffix), dpi=110)
+    plt.close(fig)
+
+
+def runs_log(out: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """``<out>/runs.jsonl`` (one line per finished run, appended as it finishes) and the rows already in it."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / 'runs.jsonl'
+    return log, [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--seeds', default='17,18', help='seeds over the whole grid (a third goes to best points)')
@@ -153,16 +294,18 @@ def main() -> None:
     ap.add_argument('--work', default='/tmp/wesar-transfer', help='run folders (metrics, result.json)')
     ap.add_argument('--out', default='bench/results/transfer')
     ap.add_argument('--report-only', action='store_true', help='analyse runs.jsonl, train nothing')
+    ap.add_argument('--sweep', choices=['lr', 'rel-step'], default='lr',
+                    help="lr: the methods' lr grid; rel-step: sigma2: auto's reference σ² across width")
     args = ap.parse_args()
+    if args.sweep == 'rel-step':
+        return rel_step(args)
 
     import os
     os.environ.setdefault('OMP_NUM_THREADS', '2')
     from spike_search import one_run
 
     out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / 'runs.jsonl'
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    log, rows = runs_log(out)
     done = {r['key'] for r in rows}
     todo = [] if args.report_only else [p for p in plan([int(s) for s in args.seeds.split(',')]) if key(*p) not in done]
     start, walls = time.perf_counter(), []
@@ -207,6 +350,44 @@ def main() -> None:
     (out / 'summary.json').write_text(json.dumps(summ, indent=1, default=str))
     plot(summ, [shape(d, DEPTH_AT) for d in WIDTHS], f'width (N={DEPTH_AT})', out / 'transfer-width')
     plot(summ, [shape(WIDTH_AT, n) for n in DEPTHS], f'depth (d={WIDTH_AT})', out / 'transfer-depth')
+    print(md)
+
+
+def rel_step(args: argparse.Namespace) -> None:
+    """The relative-step sweep (module doc): resumable like the lr grid, in ``<out>/rel_step/``."""
+    import os
+    os.environ.setdefault('OMP_NUM_THREADS', '2')
+    out, work = Path(args.out) / 'rel_step', Path(args.work)
+    log, rows = runs_log(out)
+    done = {r['key'] for r in rows}
+    todo = [] if args.report_only else [p for p in rel_plan([int(s) for s in args.seeds.split(',')]) if rel_key(*p) not in done]
+    start, walls = time.perf_counter(), []
+    for d, n, s2, sd in todo:
+        est = statistics.mean(walls) if walls else 0.0
+        if time.perf_counter() - start + est > args.budget_min * 60:
+            print(f'[rel-step] budget {args.budget_min:g} min reached: {len(todo) - len(walls)} runs left for the next call')
+            break
+        from spike_search import one_run
+        spec = f'{shape(d, n)}_{TAIL}_lr{REL_LR:g}_sig{s2:g}'
+        print(f'[rel-step] {shape(d, n)} ref_sigma2 {s2:g} seed {sd} ({len(rows)} done)', flush=True)
+        r = one_run(spec, 'wesar_auto', sd, work, work / 'data')
+        metrics = work / spec / f'wesar_auto-seed{sd}' / 'metrics.jsonl'
+        row = {'key': rel_key(d, n, s2, sd), 'shape': shape(d, n), 'd': d, 'N': n, 'method': 'wesar_auto', 'lr': REL_LR,
+               'ref_sigma2': s2, 'rel_step': REF_LR / math.sqrt(s2), 'seed': sd,
+               'val_loss': r.get('val_loss', math.nan), 'train_loss': r.get('train_loss', math.nan),
+               'l0': first_loss(metrics) if metrics.exists() else math.nan, 'wall_s': r['wall_s'], 'error': r.get('error')}
+        with open(log, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        rows.append(row)
+        walls.append(r['wall_s'])
+        print(f'[rel-step]   {r["wall_s"]:.0f} s: held-out {row["val_loss"]:.3f}', flush=True)
+    if not rows:
+        return
+    summ = rel_analyse(rows)
+    md = rel_table(summ)
+    (out / 'table.md').write_text(md + '\n')
+    (out / 'summary.json').write_text(json.dumps(summ, indent=1, default=str))
+    rel_plot(summ, out / 'rel-step')
     print(md)
 
 

@@ -128,6 +128,27 @@ def test_sigma_auto_draws_the_same_function_at_any_lr(lr):
     assert cfg['lr'] == lr and cfg['sigma2'] == pytest.approx(4e-5 * c ** 2) and cfg['gate_scale'] == pytest.approx(c ** -2)
 
 
+@pytest.mark.parametrize('builder', ['wesar_llama', 'wesar_hf'])
+def test_ref_width_draws_wider_models_at_a_larger_sigma_and_the_same_function(builder):
+    """σ² ∝ width / ref_width: at D = 2·ref_width the stored W has √2 times the std, the gates carry
+    the rest, and the logits at init are the paper setting's."""
+    from tests.helpers import build_hf
+    make = build_model if builder == 'wesar_llama' else (lambda **kw: build_hf(**kw))
+    ref = {'name': 'wesar_', 'sigma2': 'auto', 'lr': 1e-3}
+    torch.manual_seed(0)
+    fixed = make(init_config=ref)
+    torch.manual_seed(0)
+    wide = make(init_config={**ref, 'ref_width': D // 2})
+    width = fixed.model.config.hidden_size
+    assert width == D  # the tiny size of both builders
+    down = wide.model.model.layers[0].mlp.down_proj
+    assert down.weight.std().item() == pytest.approx(SIGMA * math.sqrt(2), rel=0.05)
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(wide(b), fixed(b), atol=2e-5, rtol=0)
+    assert wide.sigma_choice.sigma2 == pytest.approx(8e-5) and wide.sigma_choice.width == D
+
+
 def test_gates_are_cast_to_the_activation_dtype():
     model = build_model()
     model.model.to(torch.bfloat16)

@@ -49,7 +49,7 @@ def test_only_the_models_transformers_builds_take_its_attention_key():
     ({'init_config': {'name': 'he', 'target': 'small'}}, r"init_config.target='small' contradicts init_config.name='he'"),
     ({'init_config': {'name': 'wesar_', 'sigma2': 0.0}}, r'init_config.sigma2=0.0 must be a finite number > 0'),
     ({'init_config': {'name': 'wesar_', 'sigma2': -4e-5}}, r'init_config.sigma2'),
-    ({'init_config': {'name': 'wesar_', 'sigma': 4e-5}}, r'unknown model.init_config key\(s\) sigma; allowed keys: name, target, sigma2, lr, ref_lr, ref_sigma2, gate_scale'),
+    ({'init_config': {'name': 'wesar_', 'sigma': 4e-5}}, r'unknown model.init_config key\(s\) sigma; allowed keys: name, target, sigma2, lr, ref_lr, ref_sigma2, ref_width, gate_scale'),
     ({'init_config': {'name': 'wesar_', 'sigma2': 'auto'}}, r'init_config.sigma2: auto needs .*init_config.lr'),
     ({'init_config': 'wesar_'}, r'model.init_config must be a mapping'),
 ])

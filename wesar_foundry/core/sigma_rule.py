@@ -16,6 +16,12 @@ matrix (norm gains, biases) and, through ``weight_decay``, the decay of W.
 
 σ is a pure reparameterization (W·c with α/c computes the same function), so ``auto`` changes no
 identity of the method: the function at init is the target init's, whatever lr is.
+
+**Across width** (``ref_width``, optional): with it, the reference's σ² was measured at model width
+``ref_width`` and σ² grows in proportion to the width, σ² = σ_ref² · (lr/lr_ref)² · (d/d_ref), so the
+relative step lr/σ shrinks as 1/√d. That is μP's width scaling of Adam's hidden-matrix step (its
+lr ∝ 1/d at init std ∝ 1/√d), which the coordinate check of a fixed relative step asks for
+(docs/transfer.md, bench/README.md section 12). Without it the relative step is the same at every width.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ REFERENCE_LR = 1e-3
 REFERENCE_SIGMA2 = 4e-5
 DEFAULT_SIGMA2 = REFERENCE_SIGMA2
 # The init_config keys this rule reads.
-KEYS = ('sigma2', 'lr', 'ref_lr', 'ref_sigma2', 'gate_scale')
-_AUTO_ONLY = ('lr', 'ref_lr', 'ref_sigma2')
+KEYS = ('sigma2', 'lr', 'ref_lr', 'ref_sigma2', 'ref_width', 'gate_scale')
+_AUTO_ONLY = ('lr', 'ref_lr', 'ref_sigma2', 'ref_width')
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class SigmaChoice:
     """The reference operating point's lr."""
     ref_sigma2: float = REFERENCE_SIGMA2
     """The reference operating point's σ²."""
+    ref_width: int | None = None
+    """The model width the reference was measured at (σ² then ∝ width), or None: the same σ² at every width."""
+    width: int | None = None
+    """The model width σ² was chosen for (with ``ref_width``)."""
 
     @property
     def sigma(self) -> float:
@@ -61,14 +71,16 @@ class SigmaChoice:
         """One line for the log."""
         if not self.auto:
             return f'sigma2={self.sigma2:g} (sigma={self.sigma:.4g}), gate_scale={self.gate_scale:g}'
+        at = '' if self.ref_width is None else f' at width {self.ref_width}, times width {self.width}/{self.ref_width}'
         return (f'sigma2: auto for lr {self.lr:g} -> sigma2={self.sigma2:.4g} (sigma={self.sigma:.4g}, '
-                f'raw update ratio lr/sigma={self.lr / self.sigma:.4g} as at lr {self.ref_lr:g}, sigma2 '
-                f'{self.ref_sigma2:g}); gates alpha = {self.gate_scale:.4g} * a')
+                f'raw update ratio lr/sigma={self.lr / self.sigma:.4g}: lr {self.ref_lr:g}, sigma2 '
+                f'{self.ref_sigma2:g}{at}); gates alpha = {self.gate_scale:.4g} * a')
 
     def as_dict(self) -> dict[str, Any]:
         """What the model's config stores (and the logs show)."""
-        return {'sigma2': self.sigma2, 'gate_scale': self.gate_scale, 'lr': self.lr,
-                'ref_lr': self.ref_lr, 'ref_sigma2': self.ref_sigma2}
+        out = {'sigma2': self.sigma2, 'gate_scale': self.gate_scale, 'lr': self.lr,
+               'ref_lr': self.ref_lr, 'ref_sigma2': self.ref_sigma2}
+        return out if self.ref_width is None else {**out, 'ref_width': self.ref_width, 'width': self.width}
 
 
 def _positive(value: Any, key: str, hint: str) -> float:
@@ -77,9 +89,10 @@ def _positive(value: Any, key: str, hint: str) -> float:
     return float(value)
 
 
-def auto_sigma2(lr: float, ref_lr: float = REFERENCE_LR, ref_sigma2: float = REFERENCE_SIGMA2) -> float:
-    """σ² whose raw update ratio lr/σ equals the reference's lr_ref/σ_ref."""
-    return ref_sigma2 * (lr / ref_lr) ** 2
+def auto_sigma2(lr: float, ref_lr: float = REFERENCE_LR, ref_sigma2: float = REFERENCE_SIGMA2,
+                width: int | None = None, ref_width: int | None = None) -> float:
+    """σ² whose raw update ratio lr/σ equals the reference's lr_ref/σ_ref (times √(ref_width/width) with a width rule)."""
+    return ref_sigma2 * (lr / ref_lr) ** 2 * (1.0 if ref_width is None else width / ref_width)
 
 
 def auto_gate_scale(lr: float, ref_lr: float = REFERENCE_LR) -> float:
@@ -87,9 +100,10 @@ def auto_gate_scale(lr: float, ref_lr: float = REFERENCE_LR) -> float:
     return (ref_lr / lr) ** 2
 
 
-def choose_sigma(init_config: Mapping[str, Any], key: str = 'model.init_config') -> SigmaChoice:
-    """Read ``sigma2`` (a number or ``auto``), ``lr``, ``ref_lr``, ``ref_sigma2`` and ``gate_scale``
-    from ``init_config``; raise a ValueError naming the key for anything wrong."""
+def choose_sigma(init_config: Mapping[str, Any], key: str = 'model.init_config', width: int | None = None) -> SigmaChoice:
+    """Read ``sigma2`` (a number or ``auto``), ``lr``, ``ref_lr``, ``ref_sigma2``, ``ref_width`` and
+    ``gate_scale`` from ``init_config``; raise a ValueError naming the key for anything wrong.
+    ``width`` is the model's (d_model, hidden_size): needed only with ``ref_width``."""
     sigma2 = init_config.get('sigma2', DEFAULT_SIGMA2)
     gate_scale = init_config.get('gate_scale', AUTO)
     auto = sigma2 == AUTO
@@ -107,7 +121,16 @@ def choose_sigma(init_config: Mapping[str, Any], key: str = 'model.init_config')
         lr = _positive(init_config['lr'], f'{key}.lr', 'the run\'s peak lr, e.g. ${optimizer.lr}')
         ref_lr = _positive(init_config.get('ref_lr', REFERENCE_LR), f'{key}.ref_lr', 'default 1e-3')
         ref_sigma2 = _positive(init_config.get('ref_sigma2', REFERENCE_SIGMA2), f'{key}.ref_sigma2', 'default 4e-5')
-        choice = SigmaChoice(auto_sigma2(lr, ref_lr, ref_sigma2), auto_gate_scale(lr, ref_lr), lr, ref_lr, ref_sigma2)
+        ref_width = init_config.get('ref_width')
+        if ref_width is not None:
+            if isinstance(ref_width, bool) or not isinstance(ref_width, int) or ref_width < 1:
+                raise ValueError(f'{key}.ref_width={ref_width!r} must be a whole number >= 1: the model width '
+                                 f'(d_model, hidden_size) {key}.ref_sigma2 was tuned at')
+            if width is None:
+                raise ValueError(f'{key}.ref_width scales sigma2 with the model width, which is not known here '
+                                 '(give the width, e.g. hidden_size in model.config_overrides)')
+        choice = SigmaChoice(auto_sigma2(lr, ref_lr, ref_sigma2, width, ref_width), auto_gate_scale(lr, ref_lr), lr,
+                             ref_lr, ref_sigma2, ref_width, width if ref_width is not None else None)
     if gate_scale != AUTO:
         gate_scale = _positive(gate_scale, f'{key}.gate_scale', f'or "{AUTO}": (ref_lr/lr)^2 with sigma2: auto, else 1')
         choice = replace(choice, gate_scale=gate_scale)

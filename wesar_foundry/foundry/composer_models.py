@@ -99,13 +99,13 @@ def attach_init_and_fsdp_hooks(model: torch.nn.Module, init_fn, *, n_layers: int
         model.apply(param_init_fn)
 
 
-def describe_init(options: ReparamOptions, model: torch.nn.Module) -> str:
+def describe_init(options: ReparamOptions, model: torch.nn.Module, d_model: int) -> str:
     """The log line of a model's init: its reparameterization, target, and the σ its stored weights use."""
     what = f'reparam {options.reparam}, {options.init_target} target'
     if all(isinstance(m, PlainMatrix) for m in model.modules() if isinstance(m, ReparamMatrix)):
         # none / residual_scaling: each matrix is drawn at its target's std (over its constant).
         return f'{what}: every matrix drawn at its target std (init_config.sigma2 is not used)'
-    return f'{what}; {options.sigma_choice.describe()}'
+    return f'{what}; {options.sigma_choice_at(d_model).describe()}'
 
 
 class ReparamComposerModel(HuggingFaceModel):
@@ -128,9 +128,9 @@ class ReparamComposerModel(HuggingFaceModel):
         self.z_loss = float(options.z_loss)
         # σ and the gates' constant as chosen (sigma2: auto derives them from the lr): logged here and
         # as hyperparameters by gate_health_monitor; saved in the HF config and as gate_scale buffers.
-        self.sigma_choice = options.sigma_choice
+        self.sigma_choice = options.sigma_choice_at(d_model)
         follow_llmfoundry()  # else this line is dropped whatever the YAML's python_log_level
-        log.info('wesar-foundry %s: %s', type(self).__name__, describe_init(options, model))
+        log.info('wesar-foundry %s: %s', type(self).__name__, describe_init(options, model, d_model))
         self._n_layers, self._d_model = n_layers, d_model
         # Counted once: speed_monitor asks for FLOPs every batch. The embedding is a lookup.
         lookups = {id(p) for m in model.modules() if isinstance(m, ReparamMatrix) and m.kind == 'embedding'

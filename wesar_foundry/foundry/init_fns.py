@@ -44,7 +44,7 @@ def wesar_(module: nn.Module, n_layers: int, d_model: int, target: str = 'he', *
             'matrix of a model that is not wesar_llama, wesar_hf or wesar_mpt, and these init functions do not '
             'initialize it. Use model name wesar_llama, wesar_hf or wesar_mpt (reparam: none for the plain He or '
             'Small baseline), or one of llm-foundry\'s own inits (small_init_, kaiming_normal_, ...).')
-    sigma = choose_sigma({k: v for k, v in init_config.items() if k in SIGMA_KEYS}).sigma
+    sigma = choose_sigma({k: v for k, v in init_config.items() if k in SIGMA_KEYS}, width=d_model).sigma
     init_module_(module, d_model=d_model, n_layers=n_layers, target=target, sigma=sigma)
 
 

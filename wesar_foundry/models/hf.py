@@ -83,10 +83,11 @@ class WeSaRHFOptions(TransformersOptions):
     def attention(self) -> str:
         return 'flash_attention_2' if self.use_flash_attention_2 else self.attn_implementation
 
-    def config_entry(self) -> dict[str, Any]:
+    def config_entry(self, width: int) -> dict[str, Any]:
         """What the HF config carries under ``wesar_hf``: everything needed to rebuild the model."""
-        return {'reparam': self.reparam, 'init_target': self.init_target, 'sigma2': self.sigma2,
-                'sigma_choice': self.sigma_choice.as_dict(), 'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
+        choice = self.sigma_choice_at(width)
+        return {'reparam': self.reparam, 'init_target': self.init_target, 'sigma2': choice.sigma2,
+                'sigma_choice': choice.as_dict(), 'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
 
 
 def tied_refusal(model_type: str) -> str:
@@ -132,7 +133,7 @@ def build_hf_config(options: WeSaRHFOptions, tokenizer=None) -> PretrainedConfig
         raise ValueError(f'model.config_overrides.vocab_size={config.vocab_size} is smaller than the tokenizer '
                          f'({len(tokenizer)} tokens); set it >= {len(tokenizer)}')
     config._attn_implementation = options.attention
-    setattr(config, CONFIG_KEY, options.config_entry())
+    setattr(config, CONFIG_KEY, options.config_entry(config.hidden_size))
     return config
 
 

@@ -83,8 +83,8 @@ class WeSaRLlamaOptions(TransformersOptions):
             mlp_type=self.mlp_type,
             reparam=self.reparam,
             init_target=self.init_target,
-            sigma2=self.sigma2,
-            sigma_choice=self.sigma_choice.as_dict(),
+            sigma2=self.sigma_choice_at(self.d_model).sigma2,
+            sigma_choice=self.sigma_choice_at(self.d_model).as_dict(),
             sigma_reparam_gamma_init=self.sigma_reparam_gamma_init,
             attn_implementation=self.attn_implementation,
         )

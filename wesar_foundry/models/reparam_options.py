@@ -38,7 +38,7 @@ class ReparamOptions:
     """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
     init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
     """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ², or ``auto``
-    with ``lr: ${optimizer.lr}``, optional ``ref_lr``, ``ref_sigma2``, ``gate_scale``: see ``sigma_rule``)."""
+    with ``lr: ${optimizer.lr}``, optional ``ref_lr``, ``ref_sigma2``, ``ref_width``, ``gate_scale``: see ``sigma_rule``)."""
     z_loss: float = 1e-4
     """Weight of z_loss · mean(logsumexp(logits)²) added to the cross-entropy."""
     sigma_reparam_gamma_init: str = 'one'
@@ -68,8 +68,13 @@ class ReparamOptions:
 
     @property
     def sigma_choice(self) -> SigmaChoice:
-        """σ² and the gates' constant, from ``init_config`` (a number, or ``auto`` from the lr)."""
+        """σ² and the gates' constant, from ``init_config`` (a number, or ``auto`` from the lr); with
+        ``ref_width`` the width is needed: ``sigma_choice_at``."""
         return choose_sigma(self.init_config)
+
+    def sigma_choice_at(self, width: int) -> SigmaChoice:
+        """``sigma_choice`` for a model of this width (d_model, hidden_size)."""
+        return choose_sigma(self.init_config, width=width)
 
     @property
     def sigma(self) -> float:
@@ -95,7 +100,7 @@ class ReparamOptions:
         if self.init_name in TARGETS and 'target' in self.init_config and self.init_config['target'] != self.init_name:
             raise ValueError(f'model.init_config.target={self.init_config["target"]!r} contradicts init_config.name={self.init_name!r}')
         check_target(self.init_target, 'model.init_config.target')
-        choose_sigma(self.init_config)
+        choose_sigma(self.init_config, width=1)  # the keys; a width only scales σ² (ref_width)
 
 
 @dataclass
