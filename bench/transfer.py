@@ -33,7 +33,11 @@ move with width; μP's scaling of Adam's hidden-matrix step says it grows ∝ wi
 ``ref_sigma2: S·d/128`` and no ``ref_width`` (the same σ², the same gates: ``sigma_rule``), so
 one grid gives both figures: loss against the relative step (no rule) and against the rule's S.
 
+Where a method's best lr is at an end of the grid, ``--sweep edges`` runs one lr past it (1e-4 or
+1e-1), so the optimum lies inside the points run; the LR sensitivity stays over the five grid lrs.
+
     OMP_NUM_THREADS=2 python bench/transfer.py --budget-min 120
+    OMP_NUM_THREADS=2 python bench/transfer.py --sweep edges --budget-min 30
     OMP_NUM_THREADS=2 python bench/transfer.py --sweep rel-step --budget-min 30
 """
 
@@ -52,6 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 METHODS = ['small', 'he', 'wesar', 'wesar_auto']
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+# One point past each end of the grid, run where a method's best is at that end (``--sweep edges``):
+# the optimum then lies inside the points run. LR sensitivity stays over LRS alone.
+EDGE_LRS = (1e-4, 1e-1)
 WIDTHS, DEPTH_AT = [64, 128, 256], 4
 DEPTHS, WIDTH_AT = [2, 4, 8], 128
 TAIL = 'T128_B16_w10_s200'
@@ -73,6 +80,26 @@ def plan(seeds: list[int]) -> list[tuple[int, int, str, float, int]]:
     depth series, then the next seed (the third seed goes to each best point, see ``best_points``)."""
     shapes = [(d, DEPTH_AT) for d in WIDTHS] + [(WIDTH_AT, n) for n in DEPTHS if n != DEPTH_AT]
     return [(d, n, m, lr, sd) for sd in seeds for d, n in shapes for m in METHODS for lr in LRS]
+
+
+def edge_plan(rows: list[dict[str, Any]]) -> list[tuple[int, int, str, float, int]]:
+    """For each seed, shape and method with the whole grid run whose best lr is at an end of the
+    points run, the edge lr past that end (once: nothing past EDGE_LRS)."""
+    by: dict[tuple, dict[float, float]] = {}
+    for r in rows:
+        v = r['val_loss'] if math.isfinite(r.get('val_loss', math.nan)) else math.inf
+        by.setdefault((r['d'], r['N'], r['method'], r['seed']), {})[r['lr']] = v
+    out = []
+    for (d, n, m, sd), losses in sorted(by.items()):
+        if not set(LRS) <= set(losses):
+            continue
+        best = min(losses, key=losses.get)
+        lrs = sorted(losses)
+        if best == lrs[0] and EDGE_LRS[0] < best:
+            out.append((d, n, m, EDGE_LRS[0], sd))
+        elif best == lrs[-1] and EDGE_LRS[1] > best:
+            out.append((d, n, m, EDGE_LRS[1], sd))
+    return out
 
 
 def key(d: int, n: int, m: str, lr: float, sd: int) -> str:
@@ -102,26 +129,28 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 per_lr.setdefault(r['lr'], []).append(v if math.isfinite(v) else l0)
             means = {lr: statistics.mean(v) for lr, v in sorted(per_lr.items())}
             stds = {lr: (statistics.stdev(v) if len(v) > 1 else math.nan) for lr, v in sorted(per_lr.items())}
-            best_lr = min(means, key=means.get)
-            best = means[best_lr]
-            fit = fitted_min(list(means), list(means.values())) if len(means) == len(LRS) else None
-            sens = statistics.mean(min(v, l0) - best for v in means.values()) if math.isfinite(l0) else math.nan
+            grid = {lr: v for lr, v in means.items() if lr in LRS}
+            best = min(grid.values())  # ℓ*: the best on the grid (Wortsman's definition)
+            best_lr = min(means, key=means.get)  # the optimum over every point run, edges included
+            fit = fitted_min(list(means), list(means.values())) if len(grid) == len(LRS) else None
+            sens = statistics.mean(min(v, l0) - best for v in grid.values()) if math.isfinite(l0) else math.nan
             summ.setdefault(sh, {})[m] = {'loss': means, 'std': stds, 'n': {lr: len(v) for lr, v in per_lr.items()},
                                          'best_lr': best_lr, 'fitted_lr': fit, 'best': best, 'l0': l0, 'lr_sensitivity': sens,
-                                         'grid_points': len(means)}
+                                         'grid_points': len(grid)}
     return summ
 
 
 def table(summ: dict[str, dict[str, Any]]) -> str:
-    lines = ['| shape | method | ' + ' | '.join(f'lr {lr:g}' for lr in LRS) + ' | best lr (fitted) | ℓ* | ℓ₀ | LR sensitivity (points) |',
-             '|---|---|' + '---|' * len(LRS) + '---|---|---|---|']
+    cols = sorted(set(LRS) | {lr for by_m in summ.values() for s in by_m.values() for lr in s['loss']})
+    lines = ['| shape | method | ' + ' | '.join(f'lr {lr:g}' for lr in cols) + ' | best lr (fitted) | ℓ* | ℓ₀ | LR sensitivity (points) |',
+             '|---|---|' + '---|' * len(cols) + '---|---|---|---|']
     for sh in sorted(summ, key=lambda s: (int(s.split('_')[1][1:]), int(s.split('_')[0][1:]))):
         for m in METHODS:
             if m not in summ[sh]:
                 continue
             s = summ[sh][m]
             cells = []
-            for lr in LRS:
+            for lr in cols:
                 if lr in s['loss']:
                     sd = s['std'][lr]
                     cells.append(f'{s["loss"][lr]:.3f}' + (f' ± {sd:.3f}' if math.isfinite(sd) else '') + f' ({s["n"][lr]})')
@@ -294,8 +323,9 @@ def main() -> None:
     ap.add_argument('--work', default='/tmp/wesar-transfer', help='run folders (metrics, result.json)')
     ap.add_argument('--out', default='bench/results/transfer')
     ap.add_argument('--report-only', action='store_true', help='analyse runs.jsonl, train nothing')
-    ap.add_argument('--sweep', choices=['lr', 'rel-step'], default='lr',
-                    help="lr: the methods' lr grid; rel-step: sigma2: auto's reference σ² across width")
+    ap.add_argument('--sweep', choices=['lr', 'edges', 'rel-step'], default='lr',
+                    help="lr: the methods' lr grid; edges: one lr past an end of it where the best is at that end; "
+                         "rel-step: sigma2: auto's reference σ² across width")
     args = ap.parse_args()
     if args.sweep == 'rel-step':
         return rel_step(args)
@@ -307,7 +337,8 @@ def main() -> None:
     out, work = Path(args.out), Path(args.work)
     log, rows = runs_log(out)
     done = {r['key'] for r in rows}
-    todo = [] if args.report_only else [p for p in plan([int(s) for s in args.seeds.split(',')]) if key(*p) not in done]
+    planned = edge_plan(rows) if args.sweep == 'edges' else plan([int(s) for s in args.seeds.split(',')])
+    todo = [] if args.report_only else [p for p in planned if key(*p) not in done]
     start, walls = time.perf_counter(), []
 
     def run(d: int, n: int, m: str, lr: float, sd: int) -> None:
@@ -335,7 +366,7 @@ def main() -> None:
             print(f'[transfer] budget {args.budget_min:g} min reached: {len(todo) - len(walls)} runs left for the next call')
             break
         run(*p)
-    if not args.report_only and not over_budget():  # the third seed at each method × shape's best lr
+    if args.sweep == 'lr' and not args.report_only and not over_budget():  # the third seed at each best lr
         summ = analyse(rows)
         for sh, by_m in summ.items():
             d, n = int(sh.split('_')[0][1:]), int(sh.split('_')[1][1:])
