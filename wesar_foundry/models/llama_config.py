@@ -66,6 +66,7 @@ class WeSaRLlamaOptions(TransformersOptions):
                 'could never be exported. Keep it false (the paper\'s untied embedding and head)')
 
     def to_hf_config(self) -> 'WeSaRLlamaConfig':
+        choice = self.sigma_choice_at(self.d_model)
         return WeSaRLlamaConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.d_model,
@@ -83,8 +84,8 @@ class WeSaRLlamaOptions(TransformersOptions):
             mlp_type=self.mlp_type,
             reparam=self.reparam,
             init_target=self.init_target,
-            sigma2=self.sigma_choice_at(self.d_model).sigma2,
-            sigma_choice=self.sigma_choice_at(self.d_model).as_dict(),
+            sigma2=choice.sigma2,
+            sigma_choice=choice.as_dict(),
             sigma_reparam_gamma_init=self.sigma_reparam_gamma_init,
             attn_implementation=self.attn_implementation,
         )
