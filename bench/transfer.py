@@ -33,8 +33,10 @@ move with width; μP's scaling of Adam's hidden-matrix step says it grows ∝ wi
 ``ref_sigma2: S·d/128`` and no ``ref_width`` (the same σ², the same gates: ``sigma_rule``), so
 one grid gives both figures: loss against the relative step (no rule) and against the rule's S.
 
-Where a method's best lr is at an end of the grid, ``--sweep edges`` runs one lr past it (1e-4 or
-1e-1), so the optimum lies inside the points run; the LR sensitivity stays over the five grid lrs.
+Where a method's best lr is at an end of the grid (in any seed), one lr past it (1e-4 or 1e-1) is
+run for every grid seed, so the optimum lies inside the points run: the lr sweep does it once the
+grid is complete, before the third seed (``--sweep edges`` runs only these); the LR sensitivity
+stays over the five grid lrs.
 
     OMP_NUM_THREADS=2 python bench/transfer.py --budget-min 120
     OMP_NUM_THREADS=2 python bench/transfer.py --sweep edges --budget-min 30
@@ -82,24 +84,24 @@ def plan(seeds: list[int]) -> list[tuple[int, int, str, float, int]]:
     return [(d, n, m, lr, sd) for sd in seeds for d, n in shapes for m in METHODS for lr in LRS]
 
 
-def edge_plan(rows: list[dict[str, Any]]) -> list[tuple[int, int, str, float, int]]:
-    """For each seed, shape and method with the whole grid run whose best lr is at an end of the
-    points run, the edge lr past that end (once: nothing past EDGE_LRS)."""
+def edge_plan(rows: list[dict[str, Any]], seeds: list[int]) -> list[tuple[int, int, str, float, int]]:
+    """For each shape and method whose best lr, in any seed with the whole grid run, is at an end of
+    the points run: the edge lr past that end (once: nothing past EDGE_LRS), for every grid seed, so
+    an edge point is averaged over as many seeds as the grid."""
     by: dict[tuple, dict[float, float]] = {}
     for r in rows:
         v = r['val_loss'] if math.isfinite(r.get('val_loss', math.nan)) else math.inf
         by.setdefault((r['d'], r['N'], r['method'], r['seed']), {})[r['lr']] = v
-    out = []
-    for (d, n, m, sd), losses in sorted(by.items()):
+    edges: set[tuple[int, int, str, float]] = set()
+    for (d, n, m, _), losses in by.items():
         if not set(LRS) <= set(losses):
             continue
-        best = min(losses, key=losses.get)
-        lrs = sorted(losses)
-        if best == lrs[0] and EDGE_LRS[0] < best:
-            out.append((d, n, m, EDGE_LRS[0], sd))
-        elif best == lrs[-1] and EDGE_LRS[1] > best:
-            out.append((d, n, m, EDGE_LRS[1], sd))
-    return out
+        best = min(LRS, key=losses.get)  # on the grid: an edge already run does not hide the need for it
+        if best == min(LRS):
+            edges.add((d, n, m, EDGE_LRS[0]))
+        elif best == max(LRS):
+            edges.add((d, n, m, EDGE_LRS[1]))
+    return [(d, n, m, lr, sd) for sd in seeds for d, n, m, lr in sorted(edges)]
 
 
 def key(d: int, n: int, m: str, lr: float, sd: int) -> str:
@@ -140,7 +142,9 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summ
 
 
-def table(summ: dict[str, dict[str, Any]]) -> str:
+def table(summ: dict[str, dict[str, Any]], by_seed: dict[int, dict[str, dict[str, Any]]] | None = None) -> str:
+    """The markdown table of ``summ``; with ``by_seed`` (each grid seed's own analysis) the slopes
+    are also given per seed, which says how far one seed's optimum can be trusted."""
     cols = sorted(set(LRS) | {lr for by_m in summ.values() for s in by_m.values() for lr in s['loss']})
     lines = ['| shape | method | ' + ' | '.join(f'lr {lr:g}' for lr in cols) + ' | best lr (fitted) | ℓ* | ℓ₀ | LR sensitivity (points) |',
              '|---|---|' + '---|' * len(cols) + '---|---|---|---|']
@@ -159,17 +163,24 @@ def table(summ: dict[str, dict[str, Any]]) -> str:
             fit = f' ({s["fitted_lr"]:.2g})' if s.get('fitted_lr') else ''
             lines.append(f'| {sh} | {m} | ' + ' | '.join(cells) + f' | {s["best_lr"]:g}{fit} | {s["best"]:.3f} | {s["l0"]:.3f} | '
                          f'{s["lr_sensitivity"]:.3f} ({s["grid_points"]}/{len(LRS)}) |')
+    seeds = sorted(by_seed or {})
     lines += ['', 'Slope of ln(best lr) against ln(width) at depth 4 and ln(depth) at width 128 (fitted optimum where '
-              'the grid has one inside it, else the grid\'s best; shapes with the whole lr grid; 0: the lr transfers):', '',
+              'the grid has one inside it, else the grid\'s best; shapes with the whole lr grid; 0: the lr transfers)'
+              + (f'; then each seed\'s own ({", ".join(map(str, seeds))})' if seeds else '') + ':', '',
               '| method | against width | against depth |', '|---|---|---|']
+
+    def slope(sm: dict[str, dict[str, Any]], m: str, series: list[tuple[int, str]]) -> str:
+        full = [(x, sm[sh][m]) for x, sh in series if sm.get(sh, {}).get(m, {}).get('grid_points') == len(LRS)]
+        pts = [(x, s['fitted_lr'] or s['best_lr']) for x, s in full]
+        v = width_slope(pts) if len(pts) >= 3 else None
+        return f'{v:+.2f}' if v is not None else f'n/a ({len(pts)} shapes)'
+
     for m in METHODS:
-        def slope(series: list[tuple[int, str]]) -> str:
-            full = [(x, summ[sh][m]) for x, sh in series if summ.get(sh, {}).get(m, {}).get('grid_points') == len(LRS)]
-            pts = [(x, s['fitted_lr'] or s['best_lr']) for x, s in full]
-            v = width_slope(pts) if len(pts) >= 3 else None
-            return f'{v:+.2f} ({len(pts)} shapes)' if v is not None else f'n/a ({len(pts)} shapes)'
-        lines.append(f'| {m} | {slope([(d, shape(d, DEPTH_AT)) for d in WIDTHS])} | '
-                     f'{slope([(n, shape(WIDTH_AT, n)) for n in DEPTHS])} |')
+        cells = []
+        for series in ([(d, shape(d, DEPTH_AT)) for d in WIDTHS], [(n, shape(WIDTH_AT, n)) for n in DEPTHS]):
+            each = [slope(by_seed[sd], m, series) for sd in seeds]
+            cells.append(slope(summ, m, series) + (f' (per seed: {" / ".join(each)})' if each else ''))
+        lines.append(f'| {m} | {cells[0]} | {cells[1]} |')
     return '\n'.join(lines)
 
 
@@ -337,7 +348,8 @@ def main() -> None:
     out, work = Path(args.out), Path(args.work)
     log, rows = runs_log(out)
     done = {r['key'] for r in rows}
-    planned = edge_plan(rows) if args.sweep == 'edges' else plan([int(s) for s in args.seeds.split(',')])
+    seeds = [int(s) for s in args.seeds.split(',')]
+    planned = edge_plan(rows, seeds) if args.sweep == 'edges' else plan(seeds)
     todo = [] if args.report_only else [p for p in planned if key(*p) not in done]
     start, walls = time.perf_counter(), []
 
@@ -366,6 +378,10 @@ def main() -> None:
             print(f'[transfer] budget {args.budget_min:g} min reached: {len(todo) - len(walls)} runs left for the next call')
             break
         run(*p)
+    if args.sweep == 'lr' and not args.report_only:  # the edge lrs the whole grid calls for, then the third seed
+        for p in edge_plan(rows, seeds):
+            if key(*p) not in {r['key'] for r in rows} and not over_budget():
+                run(*p)
     if args.sweep == 'lr' and not args.report_only and not over_budget():  # the third seed at each best lr
         summ = analyse(rows)
         for sh, by_m in summ.items():
@@ -376,7 +392,7 @@ def main() -> None:
                     run(*p)
 
     summ = analyse(rows)
-    md = table(summ)
+    md = table(summ, {sd: analyse([r for r in rows if r['seed'] == sd]) for sd in seeds})
     (out / 'table.md').write_text(md + '\n')
     (out / 'summary.json').write_text(json.dumps(summ, indent=1, default=str))
     plot(summ, [shape(d, DEPTH_AT) for d in WIDTHS], f'width (N={DEPTH_AT})', out / 'transfer-width')
