@@ -378,18 +378,15 @@ def main() -> None:
             print(f'[transfer] budget {args.budget_min:g} min reached: {len(todo) - len(walls)} runs left for the next call')
             break
         run(*p)
-    if args.sweep == 'lr' and not args.report_only:  # the edge lrs the whole grid calls for, then the third seed
-        for p in edge_plan(rows, seeds):
+    def run_missing(points: list[tuple[int, int, str, float, int]]) -> None:
+        for p in points:
             if key(*p) not in {r['key'] for r in rows} and not over_budget():
                 run(*p)
-    if args.sweep == 'lr' and not args.report_only and not over_budget():  # the third seed at each best lr
-        summ = analyse(rows)
-        for sh, by_m in summ.items():
-            d, n = int(sh.split('_')[0][1:]), int(sh.split('_')[1][1:])
-            for m, s in by_m.items():
-                p = (d, n, m, s['best_lr'], args.third_seed)
-                if key(*p) not in {r['key'] for r in rows} and not over_budget():
-                    run(*p)
+
+    if args.sweep == 'lr' and not args.report_only:
+        run_missing(edge_plan(rows, seeds))  # the edge lrs the whole grid calls for, then the third seed at each best lr
+        run_missing([(int(sh.split('_')[0][1:]), int(sh.split('_')[1][1:]), m, s['best_lr'], args.third_seed)
+                     for sh, by_m in analyse(rows).items() for m, s in by_m.items()])
 
     summ = analyse(rows)
     md = table(summ, {sd: analyse([r for r in rows if r['seed'] == sd]) for sd in seeds})
