@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from wesar_foundry.core.ratios import unit_rms
 from wesar_foundry.reparam.base import new_gate
 from wesar_foundry.reparam.functional import multiplied_embedding, multiplied_linear, scaled_embedding, scaled_linear
 from wesar_foundry.reparam.wesar import WeSaRMatrix
@@ -25,11 +26,6 @@ from wesar_foundry.reparam.wesar import WeSaRMatrix
 MULTIPLIERS = ('scalar', 'row', 'column', 'row_column')
 # The vector parameters each choice adds besides ``alpha`` (and ``weight``).
 VECTORS = {'scalar': (), 'row': ('row_mult',), 'column': ('col_mult',), 'row_column': ('row_mult', 'col_mult')}
-
-
-def _unit_rms(v: torch.Tensor) -> torch.Tensor:
-    """v / √mean(v²): differentiable, invariant to any rescaling of v (1 stays exactly 1)."""
-    return v / v.square().mean().sqrt()
 
 
 class MultiplierMatrix(WeSaRMatrix):
@@ -50,11 +46,11 @@ class MultiplierMatrix(WeSaRMatrix):
     def row_gain(self) -> torch.Tensor:
         """α·r̂ as a row gain, fp32, shape (rows, 1); α alone, shape (1,), without a row vector."""
         alpha = WeSaRMatrix.gain(self)
-        return alpha if self.row_mult is None else alpha * _unit_rms(self.row_mult).unsqueeze(1)
+        return alpha if self.row_mult is None else alpha * unit_rms(self.row_mult).unsqueeze(1)
 
     def col_gain(self) -> Optional[torch.Tensor]:
         """ĉ, fp32, shape (cols,); None without a column vector."""
-        return None if self.col_mult is None else _unit_rms(self.col_mult)
+        return None if self.col_mult is None else unit_rms(self.col_mult)
 
     def gain(self) -> torch.Tensor:
         # The base contract W̄ = gain() ⊙ W holds only without a column vector. With one, a caller
