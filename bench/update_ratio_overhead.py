@@ -60,8 +60,8 @@ def build(yaml: Path, monitor_kwargs: dict | None, steps: int):
     torch.manual_seed(0)
     model = WeSaRLlamaComposerModel(**model_kw)
     o = cfg['optimizer']
-    gates = [p for n, p in model.named_parameters() if n.endswith(('.alpha', '.g', '.gamma'))]
-    rest = [p for n, p in model.named_parameters() if not n.endswith(('.alpha', '.g', '.gamma'))]
+    gates = [p for n, p in model.named_parameters() if n.endswith(('.alpha', '.g', '.gamma', '.row_mult', '.col_mult'))]
+    rest = [p for n, p in model.named_parameters() if not n.endswith(('.alpha', '.g', '.gamma', '.row_mult', '.col_mult'))]
     opt = DecoupledAdamW([{'params': rest}, {'params': gates, 'weight_decay': 0.0}], lr=o['lr'],
                          betas=tuple(o['betas']), eps=o['eps'], weight_decay=o['weight_decay'])
     bs, seq, vocab = cfg['device_train_batch_size'], cfg['max_seq_len'], model_kw['vocab_size']

@@ -77,11 +77,44 @@ def test_shipped_yaml_passes_llmfoundry_validation(rel):
     assert train_cfg.optimizer['weight_decay'] == pytest.approx(0.01 * lr)  # decoupled: wd not × lr
     assert train_cfg.optimizer['betas'] == [0.9, 0.95]
     assert train_cfg.algorithms['gradient_clipping']['clipping_threshold'] == 1.0
-    assert train_cfg.optimizer['param_groups'] == [{'param_str_match': r'\.(alpha|g|gamma)$', 'weight_decay': 0.0}]
+    assert train_cfg.optimizer['param_groups'] == [{'param_str_match': r'\.(alpha|g|gamma|row_mult|col_mult)$', 'weight_decay': 0.0}]
     mp = train_cfg.fsdp_config['mixed_precision']
     assert isinstance(mp, dict) and mp['buffer_dtype'] == 'fp32'  # RoPE tables stay fp32
     assert train_cfg.model['z_loss'] == 1e-4 and train_cfg.model['vocab_size'] == 32000
     assert train_cfg.eval_loader['dataset']['local'] == './data/wikitext'
+
+
+def test_every_shipped_param_groups_is_the_one_no_decay_group():
+    # The paper YAMLs and job files, the tiny YAMLs (every family) and the demo all carry GATE_PARAM_GROUPS.
+    files = [*(ROOT / 'yamls').glob('pretrain/**/*.yaml'), *(ROOT / 'yamls' / 'mcloud').glob('*.yaml'),
+             *tiny_yamls()]
+    assert len(files) > 50
+    for path in files:
+        cfg = OmegaConf.to_container(OmegaConf.load(path))
+        optimizer = cfg['parameters']['optimizer'] if 'parameters' in cfg else cfg['optimizer']
+        assert optimizer['param_groups'] == paper.GATE_PARAM_GROUPS, path
+
+
+def test_llmfoundrys_param_group_builder_keeps_the_multipliers_out_of_weight_decay():
+    """reparam multipliers (row_column): α, every row and column vector, and nothing else, in the
+    shipped no-decay group, built by llm-foundry's own builder from the shipped optimizer block."""
+    from llmfoundry.utils.builders import build_optimizer
+
+    from tests.helpers import TINY_MODEL
+    from wesar_foundry.foundry.composer_models import WeSaRLlamaComposerModel
+    model = WeSaRLlamaComposerModel(**TINY_MODEL, init_device='meta', reparam='multipliers', multipliers='row_column',
+                                    init_config={'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
+    optimizer = {k: v for k, v in YAMLS['pretrain/1b/wesar-rapid.yaml'][1]['optimizer'].items() if k != 'name'}
+    groups = build_optimizer(model, 'decoupled_adamw', optimizer).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in groups if g['weight_decay'] == 0.0 for p in g['params']}
+    decayed = {names[id(p)] for g in groups if g['weight_decay'] > 0 for p in g['params']}
+    leaves = {n.rpartition('.')[2] for n in no_decay}
+    assert leaves == {'alpha', 'row_mult', 'col_mult'}
+    mats = model.model.reparam_modules()
+    assert len(no_decay) == 3 * len(mats) and len(mats) > 2
+    assert decayed and not any(n.endswith(('alpha', 'row_mult', 'col_mult')) for n in decayed)
+    assert no_decay | decayed == set(names.values())
 
 
 def count(size: str, method: str) -> tuple[int, dict]:

@@ -18,7 +18,7 @@ def _run(train_cfg, tmp_path, name: str, jump: bool, **model) -> str:
     cbs = ("{update_ratio_monitor: {interval: 2}, "
            "loss_spike_monitor: {window: 6, warmup: 6, k: 6.0, min_rise: 0.15}"
            + (", test_lr_jump: {match: 'lm_head\\.weight$', step: 10, factor: 1000.0}" if jump else '') + '}')
-    groups = (r"optimizer.param_groups=[{param_str_match: '\.(alpha|g|gamma)$', weight_decay: 0.0}, "
+    groups = (r"optimizer.param_groups=[{param_str_match: '\.(alpha|g|gamma|row_mult|col_mult)$', weight_decay: 0.0}, "
               r"{param_str_match: 'lm_head\.weight$'}]")
     train(train_cfg('max_duration=14ba', f'run_name={name}', groups, f'callbacks={cbs}',
                     f'loggers={{jsonl: {{path: {path}}}}}', **model))

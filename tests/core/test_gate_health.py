@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from wesar_foundry.core.gate_health import (
-    RATIO, SHRINK, SIGN, Gate, GateHealthRule, GateHealthTracker, conditions, read_gates, summary,
+    RATIO, SHRINK, SIGN, Gate, GateHealthRule, GateHealthTracker, Vector, conditions, read_gates, summary,
+    vector_conditions, vector_summary,
 )
 
 DOWN = Gate('model.layers.7.mlp.down_proj.alpha', 'model.layers.7.mlp.down_proj')
@@ -135,7 +136,74 @@ def test_read_gates_from_shards_gives_every_rank_the_same_value():
     assert math.isnan(read_gates([torch.empty(0)])[0])  # no rank holds it
 
 
+# ---- the multipliers' row and column vectors: every entry a gate, read relative to the rms ----------
+
+ROWS = Vector('model.layers.7.mlp.down_proj.row_mult', 'model.layers.7.mlp.down_proj')
+COLS = Vector('model.layers.7.mlp.down_proj.col_mult', 'model.layers.7.mlp.down_proj')
+
+
+def healthy(n: int = 8, seed: int = 0) -> torch.Tensor:
+    """A trained-looking vector: entries spread around 1, all within a factor 3 of each other."""
+    return 1 + 0.5 * (2 * torch.rand(n, generator=torch.Generator().manual_seed(seed)) - 1)
+
+
+def test_healthy_vectors_pass():
+    t = GateHealthTracker(GateHealthRule())
+    assert t.update(10, [], {}, None, {ROWS: healthy(), COLS: healthy(seed=1) * 1e3}) == []
+    assert vector_conditions(GateHealthRule(), torch.ones(5)) == {}  # r = c = 1 at init
+
+
+def test_a_vector_entry_that_changed_sign_is_named_like_a_gate():
+    v = healthy()
+    v[5] = -0.02
+    v[2] = 0.0
+    t = GateHealthTracker(GateHealthRule())
+    [w] = [w for w in t.update(10, [], {}, None, {ROWS: v, COLS: healthy(seed=1)}) if w.condition == SIGN]
+    rms = float(v.double().square().mean().sqrt())
+    assert (w.step, w.matrix, w.vector, w.gate, w.entries, w.length) == (10, ROWS.matrix, ROWS.name, f'{ROWS.name}[5]', 2, 8)
+    assert w.value == pytest.approx(-0.02 / rms) and w.initial == 1.0 and w.bound == 0.0
+    assert w.describe() == (f'gate health at step 10: matrix {ROWS.matrix}, vector {ROWS.name}: 2 of 8 entries '
+                            f'are <= 0 (initial 1); the worst, {ROWS.name}[5], is {w.value:.4g} of the rms')
+    # The same episode is not warned twice; the other vector is healthy.
+    assert [w for w in t.update(20, [], {}, None, {ROWS: v, COLS: healthy(seed=1)}) if w.condition == SIGN] == []
+    assert t.active >= {(ROWS.name, SIGN)} and not any(a[0] == COLS.name for a in t.active)
+
+
+def test_a_collapsed_vector_entry_is_named_relative_to_the_vectors_rms():
+    v = healthy(16) * 40.0  # the vectors' scale is free (W̄ sees r/rms(r)): only the relative size counts
+    v[11] = 0.05 * float(v.square().mean().sqrt())
+    t = GateHealthTracker(GateHealthRule())
+    [w] = t.update(30, [], {}, None, {COLS: v})
+    assert (w.condition, w.vector, w.gate, w.entries, w.bound) == (SHRINK, COLS.name, f'{COLS.name}[11]', 1, 0.1)
+    assert w.value == pytest.approx(float(v[11] / v.square().mean().sqrt()))
+    assert 'fell below vector_min_fraction 0.1 of its rms' in w.describe()
+    # It recovers: the condition clears, and a new collapse warns again.
+    v[11] = float(v.square().mean().sqrt())
+    assert t.update(40, [], {}, None, {COLS: v}) == [] and t.active == set()
+
+
+def test_a_vector_entry_at_exactly_vector_min_fraction_is_not_flagged_and_zero_turns_the_check_off():
+    v = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.25])
+    rel = float(v[4] / v.square().mean().sqrt())
+    assert vector_conditions(GateHealthRule(vector_min_fraction=rel), v) == {}
+    assert SHRINK in vector_conditions(GateHealthRule(vector_min_fraction=rel * 1.001), v)
+    assert vector_conditions(GateHealthRule(sign_change=False, vector_min_fraction=0.0), -torch.ones(3)) == {}
+
+
+def test_non_finite_vector_entries_meet_no_condition():
+    assert vector_conditions(GateHealthRule(), torch.tensor([1.0, math.inf, 1.0])) == {}
+    v = torch.tensor([1.0, math.nan, -1.0, 1.0])
+    assert vector_conditions(GateHealthRule(), v) == {}  # the rms is nan: nothing is read
+
+
+def test_vector_summary_gives_the_smallest_entry_over_rms_and_the_entries_of_the_other_sign():
+    a, b = torch.tensor([1.0, 1.0, -1.0, 1.0]), torch.tensor([2.0, 2.0])
+    assert vector_summary([a, b]) == {'vector_min_fraction': -1.0, 'vector_sign_changes': 1.0}
+    assert vector_summary([]) == {}
+
+
 @pytest.mark.parametrize('kwargs, match', [
+    ({'vector_min_fraction': 1.0}, r'k\.vector_min_fraction=1\.0 must be a number in \[0, 1\)'),
     ({'min_fraction': 1.0}, r'k\.min_fraction=1\.0 must be a number in \[0, 1\)'),
     ({'min_fraction': -0.1}, r'min_fraction=-0\.1'),
     ({'max_ratio': -1}, r'k\.max_ratio=-1 must be a finite number >= 0'),

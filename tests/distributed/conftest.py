@@ -13,7 +13,9 @@ import torch
 from tests.distributed.configs import PAPER_METHOD, load, overrides
 from tests.distributed.launch import result, run_train_jobs
 
-REPARAMS = tuple(PAPER_METHOD)
+REPARAMS = tuple(PAPER_METHOD) + ('multipliers',)
+# A reparam without a paper YAML of its own: the YAML of the method it extends, switched by overrides.
+SWITCHED = {'multipliers': ('wesar', 'model.reparam=multipliers')}
 # The paper YAML's own FSDP mixed precision: bf16 parameters in the forward, fp32 reductions
 # and buffers (Composer refuses amp_bf16 on CPU, but FSDP2's policy applies there).
 BF16 = 'fsdp_config.mixed_precision={param_dtype: bf16, reduce_dtype: fp32, buffer_dtype: fp32}'
@@ -58,6 +60,9 @@ class Run:
 
 def job(reparam: str, work: Path, data: Path, world_size: int, *extra: str, name: str | None = None) -> dict:
     name = name or reparam
+    if reparam in SWITCHED:
+        reparam, *switch = SWITCHED[reparam]
+        extra = (*switch, *extra)
     cwd = work / name
     ovr = overrides(data, cwd / 'checkpoints', f'{name}-{world_size}rank', world_size,
                     'callbacks.test_gloo_grad_average={}', *extra)
@@ -72,16 +77,19 @@ def as_run(j: dict, r: dict) -> Run:
 
 @pytest.fixture(scope='session')
 def fsdp_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
-    """Every paper method, 10 steps over two ranks (FSDP2 FULL_SHARD, activation checkpointing,
-    sharded checkpoints every 5 steps), plus WeSaR with bf16 parameters (key ``wesar-bf16``), WeSaR
-    with ``sigma2: auto`` (``wesar-auto``) and that run resumed from its step-5 sharded checkpoint
-    (``wesar-auto-resumed``), in one ``composer -n 2`` launch."""
+    """Every paper method and ``reparam: multipliers``, 10 steps over two ranks (FSDP2 FULL_SHARD,
+    activation checkpointing, sharded checkpoints every 5 steps), plus WeSaR with bf16 parameters
+    (key ``wesar-bf16``), WeSaR with ``sigma2: auto`` (``wesar-auto``) and that run and the
+    multipliers' resumed from their step-5 sharded checkpoints (``wesar-auto-resumed``,
+    ``multipliers-resumed``), in one ``composer -n 2`` launch."""
     work = tmp_path_factory.mktemp('two-ranks')
     jobs = {r: job(r, work, tiny_data, 2) for r in REPARAMS}
     jobs['wesar-bf16'] = job('wesar', work, tiny_data, 2, BF16, name='wesar-bf16')
     jobs['wesar-auto'] = job('wesar', work, tiny_data, 2, *AUTO, name='wesar-auto')
     mid = work / 'wesar-auto' / 'checkpoints' / f'ep0-ba{AUTO_SAVE_AT}'
     jobs['wesar-auto-resumed'] = job('wesar', work, tiny_data, 2, *AUTO, f'load_path={mid}', name='wesar-auto-resumed')
+    mid = work / 'multipliers' / 'checkpoints' / f'ep0-ba{AUTO_SAVE_AT}'
+    jobs['multipliers-resumed'] = job('multipliers', work, tiny_data, 2, f'load_path={mid}', name='multipliers-resumed')
     run_train_jobs(list(jobs.values()), work)
     return {name: as_run(j, result(j)) for name, j in jobs.items()}
 
@@ -89,7 +97,7 @@ def fsdp_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
 @pytest.fixture(scope='session')
 def single_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
     """The same configs and global batch in one process (llm-foundry drops FSDP at world size 1),
-    for every paper method and ``wesar-auto``."""
+    for every paper method, ``reparam: multipliers`` and ``wesar-auto``."""
     from llmfoundry.command_utils import train
 
     from tests.distributed.driver import collect

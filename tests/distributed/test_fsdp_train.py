@@ -103,3 +103,17 @@ def test_sigma_auto_over_two_ranks_trains_as_one_process_and_resumes_from_its_sh
     assert 'state.integrations.huggingface.model.config.content.sigma_choice.lr' in saved  # the choice, too
     assert len(resumed.losses) == STEPS - AUTO_SAVE_AT
     assert resumed.losses == pytest.approx(two.losses[AUTO_SAVE_AT:], rel=1e-5)
+
+
+def test_multipliers_resume_from_their_sharded_checkpoint_vectors_and_all(fsdp_runs):
+    """``reparam: multipliers`` (row_column): the step-5 sharded checkpoint holds every matrix's r and
+    c (and the config's choice), and the run resumed from it continues the straight one."""
+    from torch.distributed.checkpoint import FileSystemReader
+    two, resumed = fsdp_runs['multipliers'], fsdp_runs['multipliers-resumed']
+    saved = FileSystemReader(str(two.save_folder / f'ep0-ba{AUTO_SAVE_AT}')).read_metadata().state_dict_metadata
+    model = [k for k in saved if k.startswith('state.model.')]
+    gates = [k for k in model if k.endswith('.alpha')]
+    assert gates and len([k for k in model if k.endswith(('.row_mult', '.col_mult'))]) == 2 * len(gates)
+    assert 'state.integrations.huggingface.model.config.content.multipliers' in saved
+    assert len(resumed.losses) == STEPS - AUTO_SAVE_AT
+    assert resumed.losses == pytest.approx(two.losses[AUTO_SAVE_AT:], rel=1e-5)

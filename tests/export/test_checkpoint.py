@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.export.helpers import save_composer_checkpoint
-from tests.helpers import build_model
+from tests.export.helpers import save_composer_checkpoint, spread_multipliers
+from tests.helpers import adam_steps, batch, build_model
 from wesar_foundry.commands.cli import main as cli
 
 
@@ -109,3 +109,22 @@ def test_a_save_folder_of_monolithic_checkpoints_stands_for_its_latest_rank0_lin
     assert cli(['export', str(folder), str(tmp_path / 'via-link')]) == 0
     assert cli(['export', str(checkpoints['ours']), str(tmp_path / 'direct')]) == 0
     assert sha(tmp_path / 'via-link' / 'model.safetensors') == sha(tmp_path / 'direct' / 'model.safetensors')
+
+
+def test_a_multipliers_checkpoint_is_rebuilt_from_its_config_and_exports_its_trained_function(tmp_path):
+    """The saved HF config carries ``multipliers``: the export rebuilds the model with its vectors
+    (else the state dict would not load) and the stock Llama computes the trained logits."""
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    composer_model = build_model(reparam='multipliers', multipliers='row')
+    spread_multipliers(composer_model.model)
+    adam_steps(composer_model, range(2))
+    source = save_composer_checkpoint(composer_model, tmp_path / 'ck.pt')
+    assert cli(['export', str(source), str(tmp_path / 'out')]) == 0
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['model_type'] == 'llama' and not {'reparam', 'multipliers'} & set(config)
+    stock = LlamaForCausalLM.from_pretrained(tmp_path / 'out', torch_dtype=torch.float32).eval()
+    ids = batch(seed=5)['input_ids']
+    with torch.no_grad():
+        want = composer_model.model.eval()(input_ids=ids).logits
+        torch.testing.assert_close(stock(input_ids=ids).logits, want, rtol=0, atol=1e-5)

@@ -10,14 +10,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
+from tests.export.helpers import spread_multipliers, trained_with_spread_multipliers
 from tests.helpers import TINY_MODEL, adam_steps, batch, build_model
 from tests.stock_llama import load_with_stock_transformers
 from wesar_foundry.export import export_model, to_stock
-from wesar_foundry.reparam import REPARAMS
+from wesar_foundry.reparam import MULTIPLIERS, REPARAMS
 
 MLP_TYPES = ('gelu', 'swiglu')
 CASES = [(r, m) for r in REPARAMS for m in MLP_TYPES]
-GATES = ('alpha', 'g', 'gamma')
+GATES = ('alpha', 'g', 'gamma', 'row_mult', 'col_mult')
 INPUT_IDS = batch(seq=24, seed=1)['input_ids']
 GENERATE = ('wesar-gelu-trained', 'sigma_reparam-swiglu-trained', 'none-gelu-trained')
 
@@ -28,8 +29,8 @@ def gains(model) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """Every reparam × mlp_type after a few training steps (and the paper's model at init too),
-    exported in fp32 and loaded by a single plain-transformers subprocess; with our eval-mode
+    """Every reparam × mlp_type after a few training steps (the multipliers' r, c and α spread
+    first, far from their init; and the paper's model at init too), exported in fp32 and loaded by a single plain-transformers subprocess; with our eval-mode
     logits and greedy generations."""
     root = tmp_path_factory.mktemp('export')
     dirs, ours, generated, moved = {}, {}, {}, {}
@@ -37,6 +38,8 @@ def exported(tmp_path_factory):
         name = f'{reparam}-{mlp}-{"trained" if trained else "init"}'
         torch.manual_seed(0)
         cm = build_model(reparam=reparam, mlp_type=mlp)
+        if reparam == 'multipliers':
+            assert spread_multipliers(cm.model) == 2 * len(cm.model.reparam_modules())  # row_column: r and c
         before = gains(cm.model)
         if trained:
             adam_steps(cm, range(10, 13))
@@ -123,5 +126,16 @@ def test_to_stock_is_a_llama_computing_the_same_logits_in_process(mlp):
     model = cm.model.eval()
     stock = to_stock(model)
     assert type(stock) is LlamaForCausalLM and stock.config.hidden_act == ('gelu' if mlp == 'gelu' else 'silu')
+    with torch.no_grad():
+        torch.testing.assert_close(stock(input_ids=INPUT_IDS).logits, model(input_ids=INPUT_IDS).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('multipliers', MULTIPLIERS)
+def test_every_multipliers_choice_merges_into_a_llama_computing_the_trained_logits(multipliers):
+    torch.manual_seed(0)
+    model = trained_with_spread_multipliers(build_model(reparam='multipliers', multipliers=multipliers), range(10, 13))
+    stock = to_stock(model)
+    assert type(stock) is LlamaForCausalLM and not hasattr(stock.config, 'multipliers')
+    assert not [k for k in stock.state_dict() if k.endswith(GATES)]
     with torch.no_grad():
         torch.testing.assert_close(stock(input_ids=INPUT_IDS).logits, model(input_ids=INPUT_IDS).logits, rtol=0, atol=1e-5)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.export.helpers import spread_multipliers
 from tests.helpers import adam_steps, build_hf, build_model
 from wesar_foundry.export import export_model, merged_state_dict, merged_tensors
 from wesar_foundry.export.merge import check_keys, empty_stock_model
@@ -29,21 +30,28 @@ def steps(composer_model):
 
 def trained_model(reparam: str = 'wesar', mlp: str = 'gelu'):
     torch.manual_seed(0)
-    return steps(build_model(reparam=reparam, mlp_type=mlp))
+    composer_model = build_model(reparam=reparam, mlp_type=mlp)
+    if reparam == 'multipliers':
+        spread_multipliers(composer_model.model)  # r, c and α far from their init
+    return steps(composer_model)
 
 
-def trained_family(family: str):
+def trained_family(family: str, reparam: str = 'wesar'):
     """A trained tiny model of each family with something beyond Llama's: biases (GPT-NeoX), a fused qkv (MPT)."""
     torch.manual_seed(0)
     if family == 'wesar_mpt':
         from tests.foundry.mpt.helpers import build as build_mpt
-        return steps(build_mpt(no_bias=False))
-    return steps(build_hf('gpt_neox'))
+        composer_model = build_mpt(no_bias=False, reparam=reparam)
+    else:
+        composer_model = build_hf('gpt_neox', reparam=reparam)
+    if reparam == 'multipliers':
+        spread_multipliers(composer_model.model)
+    return steps(composer_model)
 
 
-@pytest.mark.parametrize('mlp', ['gelu', 'swiglu'])
-def test_releasing_merge_never_holds_more_than_the_model_plus_the_gelu_forms_extra_tensors(mlp):
-    model = trained_model(mlp=mlp)
+@pytest.mark.parametrize('reparam, mlp', [('wesar', 'gelu'), ('wesar', 'swiglu'), ('multipliers', 'swiglu')])
+def test_releasing_merge_never_holds_more_than_the_model_plus_the_gelu_forms_extra_tensors(reparam, mlp):
+    model = trained_model(reparam, mlp)
     size = live_bytes(*model.state_dict().values())
     sources = {m.weight.data_ptr() for m in model.reparam_modules().values()}
     assert sources
@@ -74,10 +82,11 @@ def test_the_consuming_merge_gives_the_same_bits_as_merged_state_dict(reparam, d
         assert got[key].dtype == dtype and torch.equal(got[key], value), key
 
 
+@pytest.mark.parametrize('reparam', ['wesar', 'multipliers'])
 @pytest.mark.parametrize('family', ['wesar_hf', 'wesar_mpt'])
-def test_the_consuming_merge_gives_the_same_bits_for_every_family(family):
-    want = {k: v.to(torch.bfloat16) for k, v in merged_state_dict(trained_family(family)).items()}
-    got = dict(merged_tensors(trained_family(family), torch.bfloat16, release=True))
+def test_the_consuming_merge_gives_the_same_bits_for_every_family(family, reparam):
+    want = {k: v.to(torch.bfloat16) for k, v in merged_state_dict(trained_family(family, reparam)).items()}
+    got = dict(merged_tensors(trained_family(family, reparam), torch.bfloat16, release=True))
     assert any(k.endswith('.bias') for k in want)  # biases are copied, not merged
     assert got.keys() == want.keys()
     for key, value in want.items():

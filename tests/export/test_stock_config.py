@@ -16,18 +16,19 @@ class Tokenizer:
     bos_token_id, eos_token_id, pad_token_id = 3, 4, 5
 
 
-def gated(family: str):
+def gated(family: str, reparam: str = 'wesar'):
     if family == 'wesar_llama':
-        return build_model().model
+        return build_model(reparam=reparam).model
     if family == 'wesar_hf':
-        return build_hf('phi3').model
+        return build_hf('phi3', reparam=reparam).model
     from tests.foundry.mpt.helpers import build as build_mpt
-    return build_mpt().model
+    return build_mpt(reparam=reparam).model
 
 
+@pytest.mark.parametrize('reparam', ['wesar', 'multipliers'])
 @pytest.mark.parametrize('family', ['wesar_llama', 'wesar_hf', 'wesar_mpt'])
-def test_the_stock_config_carries_only_keys_its_class_knows_and_names_the_class_and_dtype(family):
-    model = gated(family)
+def test_the_stock_config_carries_only_keys_its_class_knows_and_names_the_class_and_dtype(family, reparam):
+    model = gated(family, reparam)
     config, cls = adapter_of(model).stock(model.config, torch.bfloat16, Tokenizer())
     known = set(cls.config_class().to_dict())
     assert sorted(set(config.to_dict()) - known) == []  # every option of the gated config was dropped

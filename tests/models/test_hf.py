@@ -14,7 +14,9 @@ from tests.helpers import FAMILY_KEYS, HF_SIZES, batch, build_hf, build_model
 from wesar_foundry.export import to_stock
 from wesar_foundry.core.init_targets import target_std
 from wesar_foundry.foundry.composer_models import WeSaRHFComposerModel
-from wesar_foundry.reparam import WeSaRMatrix
+from wesar_foundry.models.hf import from_checkpoint_config
+from wesar_foundry.reparam import MULTIPLIERS, MultiplierMatrix, WeSaRMatrix
+from wesar_foundry.reparam.multipliers import VECTORS
 
 SIGMA = math.sqrt(4e-5)
 D, N = HF_SIZES['hidden_size'], HF_SIZES['num_hidden_layers']
@@ -63,6 +65,41 @@ def test_sigma_auto_gives_every_gate_its_constant_and_the_fixed_sigma_function_a
         stock = to_stock(auto)  # the merge reads α = s·a: the stock model computes the same
         assert stock.config.model_type == model_type
         torch.testing.assert_close(stock(input_ids=ids).logits, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('multipliers', MULTIPLIERS)
+@pytest.mark.parametrize('model_type', ['llama', 'gpt_neox', 'phi3'])
+def test_multipliers_at_init_compute_wesars_logits_with_fp32_vectors_exactly_where_chosen(model_type, multipliers):
+    """Biased layers (GPT-NeoX's every linear) keep their bias; r = c = 1, so W̄ = α·W is WeSaR's."""
+    ids = batch(seed=2)['input_ids']
+    torch.manual_seed(0)
+    wesar = build_hf(model_type).model.eval()
+    torch.manual_seed(0)
+    ours = build_hf(model_type, reparam='multipliers', multipliers=multipliers).model.eval()
+    mats, twins = ours.reparam_modules(), wesar.reparam_modules()
+    assert mats and mats.keys() == twins.keys()
+    biased = 0
+    for name, m in mats.items():
+        assert isinstance(m, MultiplierMatrix) and m.multipliers == multipliers, name
+        params = dict(m.named_parameters())
+        bias = {'bias'} if 'bias' in dict(twins[name].named_parameters()) else set()
+        biased += bool(bias)
+        assert set(params) == {'weight', 'alpha', *VECTORS[multipliers]} | bias, name
+        assert all(params[v].dtype == torch.float32 for v in VECTORS[multipliers]), name
+        assert torch.equal(m.weight, twins[name].weight) and torch.equal(m.alpha, twins[name].alpha), name
+    assert biased == (len(mats) - 2 if model_type == 'gpt_neox' else 0)  # all but the embedding and the head
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).logits, wesar(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('multipliers, saved', [(None, 'row_column'), ('column', 'column')])
+def test_the_config_carries_the_multipliers_and_rebuilds_the_same_model(multipliers, saved):
+    model = build_hf('gpt_neox', reparam='multipliers', multipliers=multipliers).model
+    assert model.config.wesar_hf['multipliers'] == saved
+    rebuilt = type(model)(from_checkpoint_config(model.config.to_dict()))  # what export rebuilds from a checkpoint
+    shapes = lambda m: {n: p.shape for n, p in m.named_parameters()}  # noqa: E731
+    assert shapes(rebuilt) == shapes(model)
+    assert build_hf('gpt_neox').model.config.wesar_hf['multipliers'] is None
 
 
 def test_the_embedding_output_has_std_one_without_gates_too():
@@ -130,6 +167,9 @@ def test_saving_the_gated_model_as_it_is_is_refused():
     ({'pretrained_model_name_or_path': 'x'}, r'give exactly one of model.pretrained_model_name_or_path .* and model.model_type'),
     ({'roles': {'q_proj$': 'emb'}}, r'model.roles: model.layers.0.self_attn.q_proj is an .*Linear, so its role must not be emb'),
     ({'reparam': 'lora'}, r"model.reparam='lora' is not allowed; allowed values: wesar, none"),
+    ({'reparam': 'none', 'multipliers': 'row'}, r"model.multipliers='row' is not allowed with model.reparam='none'"),
+    ({'reparam': 'multipliers', 'config_overrides': {**HF_SIZES, 'tie_word_embeddings': True}},
+     r'refuses a tied llama model: the embedding \(target: output std 1\) and the LM head'),
     ({'model_type': 'gemma'}, r"model_type 'gemma' is not supported: it multiplies the embedding output by √hidden_size"),
 ])
 def test_what_cannot_be_trained_or_exported_is_refused_by_name(kwargs, match):

@@ -10,7 +10,8 @@ import torch
 
 from tests.helpers import TINY_MODEL, batch, build_model
 from wesar_foundry.core.init_targets import stored_embedding_std, target_std
-from wesar_foundry.reparam import PlainMatrix, ReparamMatrix, WeSaRMatrix
+from wesar_foundry.reparam import MULTIPLIERS, MultiplierMatrix, PlainMatrix, ReparamMatrix, WeSaRMatrix
+from wesar_foundry.reparam.multipliers import VECTORS
 
 SIGMA = math.sqrt(4e-5)
 D, N = TINY_MODEL['d_model'], TINY_MODEL['n_layers']
@@ -105,6 +106,27 @@ def test_wesar_at_init_computes_exactly_the_he_network():
     b = batch()
     with torch.no_grad():
         assert torch.allclose(wesar(b), he(b), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('multipliers', MULTIPLIERS)
+def test_multipliers_at_init_compute_wesars_logits_with_fp32_vectors_exactly_where_chosen(multipliers):
+    """r = c = 1 at init, so W̄ = α·W is WeSaR's matrix, whose network is the target init's (above)."""
+    torch.manual_seed(0)
+    wesar = build_model(mlp_type='swiglu')
+    torch.manual_seed(0)
+    ours = build_model(mlp_type='swiglu', reparam='multipliers', multipliers=multipliers)
+    mats, twins = reparam_modules(ours), reparam_modules(wesar)
+    assert mats.keys() == twins.keys() and len(mats) == 2 + 7 * N
+    for name, m in mats.items():
+        assert type(m) is MultiplierMatrix and m.multipliers == multipliers, name
+        params = dict(m.named_parameters())
+        assert set(params) == {'weight', 'alpha', *VECTORS[multipliers]}, name
+        assert torch.equal(m.weight, twins[name].weight) and torch.equal(m.alpha, twins[name].alpha), name
+        for v in VECTORS[multipliers]:
+            assert params[v].dtype == torch.float32 and torch.equal(params[v], torch.ones_like(params[v])), (name, v)
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(b), wesar(b), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize('lr', [1e-2, 3e-4])

@@ -13,7 +13,8 @@ from wesar_foundry.models.llama_config import WeSaRLlamaConfig, WeSaRLlamaOption
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    ({'reparam': 'lora'}, r"model.reparam='lora'.*allowed values: wesar, none, weight_norm, sigma_reparam, residual_scaling"),
+    ({'reparam': 'lora'}, r"model.reparam='lora'.*allowed values: wesar, none, weight_norm, sigma_reparam, residual_scaling, multipliers"),
+    ({'multipliers': 'row'}, r"model.multipliers='row' is not allowed with model.reparam='wesar'.*scalar, row, column, row_column"),
     ({'mlp_type': 'relu'}, r'model.mlp_type.*allowed values: gelu, swiglu'),
     ({'init_config': {'name': 'kaiming_normal_'}}, r'init_config.name.*allowed: wesar_, he, small'),
     ({'tie_word_embeddings': True}, r"tie_word_embeddings=True is not allowed \(model.reparam='wesar'\)"),
@@ -36,7 +37,7 @@ def test_vocab_smaller_than_the_tokenizer_is_refused():
         build_model(tokenizer=tok, vocab_size=100)
 
 
-@pytest.mark.parametrize('reparam', ['none', 'wesar'])
+@pytest.mark.parametrize('reparam', ['none', 'wesar', 'multipliers'])
 def test_tied_embeddings_are_refused_because_no_tied_export_exists(reparam):
     with pytest.raises(ValueError, match=r'tie_word_embeddings=True is not allowed .*could never be exported'):
         build_model(reparam=reparam, tie_word_embeddings=True)
@@ -58,6 +59,16 @@ def test_the_hf_config_carries_the_sizes_and_the_reparameterization():
     assert (config.mlp_type, config.hidden_act, config.reparam, config.init_target) == ('swiglu', 'silu', 'weight_norm', 'small')
     assert config.sigma2 == pytest.approx(1e-4) and config.sigma_choice['gate_scale'] == 1.0
     assert not config.tie_word_embeddings and not config.attention_bias and not config.mlp_bias
+
+
+@pytest.mark.parametrize('multipliers, saved', [(None, 'row_column'), ('row', 'row')])
+def test_the_hf_config_saves_and_reloads_the_multipliers(tmp_path, multipliers, saved):
+    from transformers import AutoConfig
+    options = WeSaRLlamaOptions.from_kwargs({'reparam': 'multipliers', 'multipliers': multipliers})
+    options.to_hf_config().save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, WeSaRLlamaConfig) and (config.reparam, config.multipliers) == ('multipliers', saved)
+    assert WeSaRLlamaOptions.from_kwargs({}).to_hf_config().multipliers is None  # other reparams have no vectors
 
 
 def test_the_old_name_of_the_options_still_imports_with_a_warning():

@@ -11,11 +11,12 @@ from torch import nn
 from wesar_foundry.core.init_targets import stored_embedding_std
 from wesar_foundry.models.placement import Reparameterization, new_matrix, place_matrices, with_bias
 from wesar_foundry.reparam import (
-    REPARAMS, PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
+    REPARAMS, MultiplierMatrix, PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix,
+    WeightNormMatrix,
 )
 
 CLASSES = {'wesar': WeSaRMatrix, 'none': PlainMatrix, 'weight_norm': WeightNormMatrix,
-           'sigma_reparam': SigmaReparamMatrix, 'residual_scaling': ResidualScaledMatrix}
+           'sigma_reparam': SigmaReparamMatrix, 'residual_scaling': ResidualScaledMatrix, 'multipliers': MultiplierMatrix}
 TOY_ROLES = ((r'^embed$', 'emb'), (r'\.proj$', 'up'), (r'^head$', 'head'))
 
 
@@ -31,6 +32,8 @@ class Toy(nn.Module):
 
 
 def how(reparam: str = 'wesar', **kwargs) -> Reparameterization:
+    if reparam == 'multipliers':
+        kwargs.setdefault('multipliers', 'row_column')
     return Reparameterization(reparam, 'he', d_model=4, n_layers=2, **kwargs)
 
 
@@ -49,6 +52,8 @@ def test_the_models_settings_reach_the_matrix():
     assert new_matrix(how('wesar', gate_scale=0.25), 6, 4, 'up').gate_scale.item() == 0.25
     assert new_matrix(how('sigma_reparam', gamma_init='spectral'), 6, 4, 'up').gamma_init == 'spectral'
     assert new_matrix(how('residual_scaling'), 6, 4, 'o').scale == pytest.approx(1 / 2)  # 1/√(2N), N = 2
+    m = new_matrix(how('multipliers', gate_scale=0.25, multipliers='column'), 6, 4, 'up')
+    assert (m.gate_scale.item(), m.multipliers, m.row_mult, m.col_mult.shape) == (0.25, 'column', None, (4,))
 
 
 def test_a_biased_matrix_adds_its_bias_after_the_gated_product():
@@ -60,6 +65,21 @@ def test_a_biased_matrix_adds_its_bias_after_the_gated_product():
         m.bias.copy_(torch.arange(6.0))
     x = torch.randn(2, 4)
     torch.testing.assert_close(m(x), x @ (3.0 * m.weight).T + torch.arange(6.0))
+
+
+def test_a_biased_multiplier_matrix_adds_its_bias_after_the_multiplied_product():
+    m = new_matrix(how('multipliers'), 6, 4, 'up', bias=True)
+    assert type(m) is with_bias(MultiplierMatrix) and isinstance(m, MultiplierMatrix)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        m.weight.normal_(generator=g)
+        m.alpha.fill_(3.0)
+        m.row_mult.copy_(0.5 + torch.rand(6, generator=g))
+        m.col_mult.copy_(0.5 + torch.rand(4, generator=g))
+        m.bias.copy_(torch.arange(6.0))
+    r, c = m.row_mult / m.row_mult.square().mean().sqrt(), m.col_mult / m.col_mult.square().mean().sqrt()
+    x = torch.randn(2, 4, generator=g)
+    torch.testing.assert_close(m(x), x @ (3.0 * r[:, None] * m.weight * c).T + torch.arange(6.0))
 
 
 def test_an_embedding_with_a_bias_is_refused():

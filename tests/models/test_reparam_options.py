@@ -19,7 +19,7 @@ FAMILIES = {
     'wesar_hf': lambda **kw: WeSaRHFOptions(model_type='llama', **kw),
     'wesar_mpt': lambda **kw: WeSaRMPTOptions(**kw),
 }
-SHARED = ('reparam', 'init_config', 'z_loss', 'sigma_reparam_gamma_init', 'use_train_metrics')
+SHARED = ('reparam', 'multipliers', 'init_config', 'z_loss', 'sigma_reparam_gamma_init', 'use_train_metrics')
 
 
 def test_the_shared_keys_are_the_bases_fields():
@@ -41,7 +41,11 @@ def test_only_the_models_transformers_builds_take_its_attention_key():
 
 @pytest.mark.parametrize('family', list(FAMILIES))
 @pytest.mark.parametrize('kwargs, match', [
-    ({'reparam': 'lora'}, r"model.reparam='lora'.*allowed values: wesar, none, weight_norm, sigma_reparam, residual_scaling"),
+    ({'reparam': 'lora'}, r"model.reparam='lora'.*allowed values: wesar, none, weight_norm, sigma_reparam, residual_scaling, multipliers"),
+    ({'reparam': 'multipliers', 'multipliers': 'rows'}, r"model.multipliers='rows' is not allowed; allowed values: scalar, row, column, row_column"),
+    ({'multipliers': 'row'}, r"model.multipliers='row' is not allowed with model.reparam='wesar': only reparam: multipliers "
+                             r"has multiplier vectors \(allowed values there: scalar, row, column, row_column\)"),
+    ({'reparam': 'none', 'multipliers': 'scalar'}, r"model.multipliers='scalar' is not allowed with model.reparam='none'"),
     ({'sigma_reparam_gamma_init': 'two'}, r"model.sigma_reparam_gamma_init='two' is not allowed; allowed values: one, spectral"),
     ({'z_loss': -1.0}, r'model.z_loss=-1.0 must be a finite number >= 0'),
     ({'init_config': {'name': 'wesar_', 'target': 'xavier'}}, r"init_config.target='xavier'.*allowed: he, small"),
@@ -75,3 +79,32 @@ def test_the_init_name_target_and_sigma_are_derived_from_init_config(init_config
     assert (options.init_name, options.init_target) == (name, target)
     assert options.sigma2 == pytest.approx(sigma2) and options.sigma == pytest.approx(math.sqrt(sigma2))
     assert options.sigma_choice.gate_scale == pytest.approx(gate_scale)
+
+
+@pytest.mark.parametrize('reparam, multipliers, chosen', [
+    ('multipliers', None, 'row_column'), ('multipliers', 'scalar', 'scalar'), ('multipliers', 'column', 'column'),
+    ('wesar', None, None), ('weight_norm', None, None),
+])
+def test_unset_multipliers_mean_row_column_with_reparam_multipliers_and_nothing_with_any_other(reparam, multipliers, chosen):
+    options = ReparamOptions(reparam=reparam, multipliers=multipliers)
+    options.validate()
+    assert options.chosen_multipliers == chosen
+
+
+def builders():
+    """Each family's registered Composer model at the tiny size: the real option path (from_kwargs, split)."""
+    from tests.foundry.mpt.helpers import build as build_mpt
+    from tests.helpers import build_hf, build_model
+    return {'wesar_llama': build_model, 'wesar_hf': lambda **kw: build_hf('gpt_neox', **kw), 'wesar_mpt': build_mpt}
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+@pytest.mark.parametrize('kwargs, match', [
+    ({'reparam': 'sigma_reparam', 'multipliers': 'row_column'},
+     r"model.multipliers='row_column' is not allowed with model.reparam='sigma_reparam'.*scalar, row, column, row_column"),
+    ({'reparam': 'residual_scaling', 'multipliers': 'row'}, r"model.multipliers='row' is not allowed with model.reparam='residual_scaling'"),
+    ({'reparam': 'multipliers', 'multipliers': 'both'}, r"model.multipliers='both' is not allowed; allowed values: scalar, row, column, row_column"),
+])
+def test_contradicting_multipliers_are_refused_by_every_registered_model(family, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        builders()[family](**kwargs)

@@ -15,7 +15,8 @@ from wesar_foundry.reparam import REPARAMS, merge_module
 D, N = 128, 4
 BIG = dict(d_model=D, n_layers=N, n_heads=4, vocab_size=2048)
 INITS = {'wesar': {'name': 'wesar_'}, 'none': {'name': 'he'}, 'weight_norm': {'name': 'wesar_', 'sigma2': 16e-5},
-         'sigma_reparam': {'name': 'wesar_', 'sigma2': 16e-5}, 'residual_scaling': {'name': 'small'}}
+         'sigma_reparam': {'name': 'wesar_', 'sigma2': 16e-5}, 'residual_scaling': {'name': 'small'},
+         'multipliers': {'name': 'wesar_'}}
 
 
 @pytest.mark.parametrize('reparam', [r for r in REPARAMS if r != 'sigma_reparam'])
@@ -40,13 +41,15 @@ def test_sigma_reparam_effective_weights_have_unit_spectral_norm_at_init():
         assert torch.linalg.matrix_norm(m.merged_weight(), 2).item() == pytest.approx(1.0, rel=0.02), name
 
 
-def test_parameter_count_adds_one_gate_per_matrix_or_one_gain_per_row():
+def test_parameter_count_adds_one_gate_per_matrix_or_one_gain_per_row_or_a_gate_and_two_vectors():
     counts = {r: sum(p.numel() for p in build_model(reparam=r, init_config=INITS[r]).parameters()) for r in REPARAMS}
     mats = build_model().model.reparam_modules().values()
     assert mats
     assert counts['residual_scaling'] == counts['none']
     assert counts['wesar'] == counts['sigma_reparam'] == counts['none'] + len(mats)
     assert counts['weight_norm'] == counts['none'] + sum(m.weight.shape[0] for m in mats)
+    # reparam: multipliers with its default row_column: α, r (rows,) and c (cols,) per matrix
+    assert counts['multipliers'] == counts['wesar'] + sum(sum(m.weight.shape) for m in mats)
 
 
 def merged_copy(model) -> nn.Module:
@@ -66,7 +69,7 @@ def test_merge_is_exact(reparam, mlp_type):
     model = build_model(reparam=reparam, init_config=INITS[reparam], mlp_type=mlp_type)
     with torch.no_grad():  # move every gain off its init, as training does
         for n, p in model.named_parameters():
-            if n.endswith(('.alpha', '.g', '.gamma')):
+            if n.endswith(('.alpha', '.g', '.gamma', '.row_mult', '.col_mult')):
                 p.mul_(1 + 0.3 * torch.rand_like(p))
     model.eval()
     merged = merged_copy(model).eval()

@@ -46,7 +46,9 @@ SAVE_ROOT_UNSET = '???'
 # training). Tokens, not steps, so Rapid and Stable export at the same points; 5B is Figure 1's
 # horizon; a 13B export gathers 52 GB of fp32 masters on rank 0, so not much more often.
 HF_EXPORT_INTERVAL = '5000000000tok'
-GATE_PARAM_GROUPS = [{'param_str_match': r'\.(alpha|g|gamma)$', 'weight_decay': 0.0}]
+# Gates and gains out of weight decay: WeSaR's alpha, Weight Normalization's g, σReparam's gamma, and the
+# multipliers' alpha, row_mult and col_mult (a decayed multiplier would not free the matrix's scale).
+GATE_PARAM_GROUPS = [{'param_str_match': r'\.(alpha|g|gamma|row_mult|col_mult)$', 'weight_decay': 0.0}]
 # Composer 0.32 turns llm-foundry's fsdp_config dict into FSDP1 unless this is in the environment.
 FSDP2_ENV = {'FSDP_VERSION': '2'}
 GPUS_PER_NODE = 8
@@ -215,7 +217,7 @@ def _header(size: str, method: str, setting: str, tokens: int) -> str:
         f'# t_max the full {tokens / 1e9:g}B, so a shorter max_duration= truncates the run and keeps the schedule.',
         '# Weight decay: Composer decoupled_adamw semantics (p <- p*(1 - wd*lr_t/lr_0), NOT multiplied by lr);',
         f'# {round(0.01 * st.lr, 12):g} here equals the paper\'s 0.01 in torch AdamW semantics (p <- p*(1 - lr*wd)).',
-        '# The param_groups line keeps gates and gains (alpha, g, gamma) out of weight decay.',
+        '# The param_groups line keeps gates and gains (alpha, g, gamma, row_mult, col_mult) out of weight decay.',
         f'# FSDP sized for {sz.gpus}x H100 80GB. Run (FSDP2; without FSDP_VERSION=2 the model refuses Composer\'s FSDP1):',
         *(f'#   {line}' for line in train_command(size, '<this yaml>')),
         '#   (data from an object store: variables.data_remote=s3://... variables.eval_data_remote=...,',

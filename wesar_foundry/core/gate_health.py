@@ -17,10 +17,22 @@ checked step where it holds and not again while it keeps holding; once it clears
 warns again. Non-finite values satisfy no condition (the divergence stop of
 ``loss_spike_monitor`` handles them).
 
+**Vectors** (``reparam: multipliers``: a row vector r and a column vector c per matrix, W̄ =
+α·diag(r̂)·W·diag(ĉ) with r̂ = r/rms(r)) are gates too, one per entry, read as the forward reads
+them, relative to their rms: r̂_i starts at 1 (r = 1), and row i of W̄ nears zero as r̂_i does,
+whatever the scale of r. For each vector, with the same onset semantics:
+
+- ``sign``:   some entry r_i ≤ 0 (r starts at 1);
+- ``shrink``: some entry |r_i| < vector_min_fraction · rms(r) (a row or column collapsing).
+
+One warning per vector and condition names the vector, how many of its entries meet it and the
+worst one as a gate, ``<matrix>.row_mult[i]`` (or ``col_mult[j]``), with its value r̂_i.
+
 **Reading a gate under sharding.** A gate has shape (1,); FSDP2 gives its one element to one rank
 (the others hold an empty shard), HSDP to one rank per replica. Each rank contributes
 ``[Σ local, holders]`` per gate to one packed vector; after one all-reduce (SUM) the value is
 Σ/holders on every rank, so every rank decides alike (the same trick as ``ratios.scaled_sums``).
+The vectors are read whole on every rank the same way (``ratios.whole_vectors``: one more all-reduce).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import Any
 
 import torch
 
-from wesar_foundry.core.ratios import local_fp32
+from wesar_foundry.core.ratios import local_fp32, unit_rms
 
 SIGN, SHRINK, RATIO = 'sign', 'shrink', 'ratio'
 
@@ -47,6 +59,8 @@ class GateHealthRule:
     """Warn when |α| < min_fraction · |α₀|; 0 turns this check off."""
     max_ratio: float = 1.0
     """Warn when a matrix's effective update ratio ‖ΔW̄‖/‖W̄‖ exceeds this; 0 turns this check off."""
+    vector_min_fraction: float = 0.1
+    """Warn when an entry of a multipliers vector falls below this fraction of the vector's rms; 0 turns it off."""
 
     def check(self, key: str = 'gate_health_monitor') -> None:
         """Raise a ValueError naming the key when a value is out of range."""
@@ -58,6 +72,9 @@ class GateHealthRule:
         v = self.max_ratio
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
             raise ValueError(f'{key}.max_ratio={v!r} must be a finite number >= 0 (0 turns the check off)')
+        v = self.vector_min_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f'{key}.vector_min_fraction={v!r} must be a number in [0, 1) (0 turns the check off)')
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,16 @@ class Gate:
     """The gate parameter's (cleaned) name, e.g. ``model.layers.7.mlp.down_proj.alpha``."""
     matrix: str
     """The matrix's (cleaned) module name, as ``update_ratio_monitor`` names effective matrices."""
+
+
+@dataclass(frozen=True)
+class Vector:
+    """One vector of per-row or per-column gates (``row_mult``, ``col_mult``) and the matrix it scales."""
+
+    name: str
+    """The vector parameter's (cleaned) name, e.g. ``model.layers.7.mlp.down_proj.row_mult``."""
+    matrix: str
+    """The matrix's (cleaned) module name."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +116,23 @@ class GateWarning:
     ratio: float
     """The matrix's effective update ratio at ``step`` (nan when not measured at that step)."""
     bound: float
-    """The threshold crossed: min_fraction, max_ratio, or 0 for a sign change."""
+    """The threshold crossed: min_fraction (vector_min_fraction for a vector), max_ratio, or 0 for a sign change."""
+    vector: str | None = None
+    """For a vector's warning: the vector's name (``gate`` is then its worst entry, ``value`` that entry / rms)."""
+    entries: int = 0
+    """For a vector's warning: how many of its entries meet the condition."""
+    length: int = 0
+    """For a vector's warning: its number of entries."""
 
     def describe(self) -> str:
         """One line: the step, the matrix, its gate and what is wrong."""
+        if self.vector is not None:
+            head = f'gate health at step {self.step}: matrix {self.matrix}, vector {self.vector}: '
+            if self.condition == SIGN:
+                what = f'{self.entries} of {self.length} entries are <= 0 (initial 1)'
+            else:
+                what = f'{self.entries} of {self.length} entries fell below vector_min_fraction {self.bound:g} of its rms'
+            return head + what + f'; the worst, {self.gate}, is {self.value:.4g} of the rms'
         gate = (f'gate {self.gate} = {self.value:.4g} (initial {self.initial:.4g})' if self.gate is not None
                 else 'no scalar gate')
         if self.condition == SIGN:
@@ -119,6 +159,34 @@ def conditions(rule: GateHealthRule, value: float, initial: float, ratio: float)
     return out
 
 
+def _relative(values: torch.Tensor) -> torch.Tensor | None:
+    """values / rms(values) in fp64 (what the forward multiplies by); None when the rms is not finite."""
+    rel = unit_rms(values.double().reshape(-1))
+    return rel if rel.numel() and math.isfinite(float(values.double().square().mean())) else None
+
+
+@torch.no_grad()
+def vector_conditions(rule: GateHealthRule, values: torch.Tensor) -> dict[str, tuple[int, int, float]]:
+    """Which conditions hold for one whole vector: ``{condition: (entries meeting it, the worst
+    entry's index, its value / rms)}``. Non-finite entries meet none (nor does any entry when the rms is not finite)."""
+    rel = _relative(values)
+    out = {}
+    if rel is None:
+        return out
+    finite = torch.isfinite(rel)
+    checks = []
+    if rule.sign_change:
+        checks.append((SIGN, rel <= 0, rel))
+    if rule.vector_min_fraction > 0:
+        checks.append((SHRINK, rel.abs() < rule.vector_min_fraction, rel.abs()))
+    for condition, hit, badness in checks:
+        hit = hit & finite
+        if hit.any():
+            i = int(torch.where(hit, badness, torch.inf).argmin())  # the lowest (sign), the smallest |·| (shrink)
+            out[condition] = (int(hit.sum()), i, float(rel[i]))
+    return out
+
+
 @dataclass
 class GateHealthTracker:
     """Online: ``update`` once per checked step. Its state (initial values, the conditions that
@@ -138,10 +206,11 @@ class GateHealthTracker:
             self.initial.setdefault(name, float(v))
 
     def update(self, step: int, gates: Sequence[Gate], values: Mapping[str, float],
-               ratios: Mapping[str, float] | None = None) -> list[GateWarning]:
+               ratios: Mapping[str, float] | None = None,
+               vectors: Mapping[Vector, torch.Tensor] | None = None) -> list[GateWarning]:
         """The warnings (onsets) of this step. ``values``: gate name → α now; ``ratios``: matrix
         name → effective update ratio at this step, or None when none was measured (the ratio
-        conditions then keep their previous state)."""
+        conditions then keep their previous state); ``vectors``: each vector → its whole values now."""
         self.observe_initial(values)
         gate_of = {g.matrix: g for g in gates}
         matrices = list(dict.fromkeys([g.matrix for g in gates] + list(ratios or {})))
@@ -158,6 +227,15 @@ class GateHealthTracker:
                     continue
                 bound = {SIGN: 0.0, SHRINK: self.rule.min_fraction, RATIO: self.rule.max_ratio}[c]
                 warnings.append(GateWarning(c, step, m, g.name if g is not None else None, value, initial, r, bound))
+        # A vector's conditions are on record under its own name (matrix names are no parameter names).
+        for v, vals in (vectors or {}).items():
+            for c, (entries, i, rel) in vector_conditions(self.rule, vals).items():
+                now.add((v.name, c))
+                if (v.name, c) in self.active:
+                    continue
+                bound = 0.0 if c == SIGN else self.rule.vector_min_fraction
+                warnings.append(GateWarning(c, step, v.matrix, f'{v.name}[{i}]', rel, 1.0, math.nan, bound,
+                                            vector=v.name, entries=entries, length=vals.numel()))
         if ratios is None:  # not measured this step: ratio conditions stay as they were
             now |= {a for a in self.active if a[1] == RATIO}
         self.active = now
@@ -181,6 +259,18 @@ def summary(values: Mapping[str, float], initial: Mapping[str, float]) -> dict[s
     if not fractions:
         return {}
     return {'min_fraction': min(fractions), 'sign_changes': float(sum(f <= 0 for f in fractions))}
+
+
+@torch.no_grad()
+def vector_summary(vectors: Iterable[torch.Tensor]) -> dict[str, float]:
+    """``vector_min_fraction`` (the smallest entry / its vector's rms, over all vectors; negative
+    once one changed sign) and ``vector_sign_changes`` (entries <= 0), over finite entries."""
+    rels = [r[torch.isfinite(r)] for r in map(_relative, vectors) if r is not None]
+    rels = [r for r in rels if r.numel()]
+    if not rels:
+        return {}
+    return {'vector_min_fraction': min(float(r.min()) for r in rels),
+            'vector_sign_changes': float(sum(int((r <= 0).sum()) for r in rels))}
 
 
 @torch.no_grad()

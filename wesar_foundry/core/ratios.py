@@ -6,7 +6,7 @@ slice per rank, possibly empty). Each matrix contributes a few partial sums in f
 over ranks (one all-reduce of one packed vector) and only then dividing gives the exact ratio.
 Ratios themselves are never reduced.
 
-Three ways a matrix contributes sums:
+Four ways a matrix contributes sums:
 
 - ``pair`` — ``[Σ ΔW², Σ W_{t−1}²]`` of a stored tensor (raw parameters, gates, or an effective
   weight whose gain is constant, whose ratio equals the raw one).
@@ -21,6 +21,13 @@ Three ways a matrix contributes sums:
   Normalization, σReparam): needs whole *rows* locally, with their gains (or the one scalar gain),
   which holds unsharded and under FSDP2 (dim-0 shards); reduces to a ``pair`` locally with the
   same decomposition per row.
+- ``multiplied`` — ``W̄ = α·diag(r̂)·W·diag(ĉ)`` (``reparam: multipliers``; r̂ = r/rms(r), ĉ likewise):
+  whole rows locally, as ``gained``, with the row gain α·r̂ of those rows and the *whole* column
+  gain ĉ. Under FSDP2 each of α, r and c is itself a dim-0 shard (c's split is not W's, and r̂
+  needs the rms of all of r), so the vectors are first read whole on every rank
+  (``whole_vectors``: one all-reduce of O(rows + cols) numbers per matrix, never a matrix); then
+  ``ΔW̄ = a c'·ΔW + ((a − b) c' + b (c' − c))·W`` per element (a, b the new and old row gains,
+  c', c the column gains), again without the difference of two nearly equal matrices.
 
 Also here: the aggregates (pooled per role / per layer, and the uniformity figure); the roles and
 layers of parameter names come from ``roles.infer_role``/``infer_layer``.
@@ -98,6 +105,97 @@ def gained_sums(old: torch.Tensor, new: torch.Tensor, gain_old: torch.Tensor, ga
     return torch.stack([num.sum(), (b * b * rows_ww).sum()])
 
 
+def multiplied_sums(old: torch.Tensor, new: torch.Tensor, gains_old: tuple[torch.Tensor, torch.Tensor | None],
+                    gains_new: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+    """``[Σ ΔW̄², Σ W̄_old²]`` in fp64 for ``W̄ = s ⊙ W ⊙ c``: whole rows of W (a whole matrix or a dim-0
+    shard), each gains pair ``(s, c)`` holding the row gain of those rows, shape (rows, 1) or (1, 1),
+    and the whole column gain, shape (cols,), or None (``multiplier_gains`` gives both)."""
+    new = local_fp32(new)
+    old = local_fp32(old).to(new.device)
+    (b, c), (a, c_new) = gains_old, gains_new
+    if c is None:
+        c = c_new = torch.ones(1, dtype=torch.float64)
+    # The gains' differences are taken in fp64 (exact for fp32 values), then the products in fp32.
+    f32 = lambda t: t.to(new.device, torch.float32)  # noqa: E731
+    d = new - old
+    # W̄' − W̄ = a c' W' − b c W = a c'·ΔW + ((a − b) c' + b (c' − c))·W.
+    dbar = (f32(a) * d + f32(a - b) * old) * f32(c_new) + (f32(b) * old) * f32(c_new - c)
+    wbar = f32(b) * old * f32(c)
+    return torch.stack([_f64_sum(dbar * dbar), _f64_sum(wbar * wbar)])
+
+
+def shard_offset(t: torch.Tensor) -> int:
+    """Where this rank's piece of ``t`` starts along dim 0 of the whole tensor: 0 for a plain tensor,
+    the DTensor's global offset for an FSDP2 shard (dim 0 split as ``torch.chunk`` does)."""
+    if not hasattr(t, 'to_local'):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    return int(offset[0]) if offset else 0
+
+
+@torch.no_grad()
+def whole_vectors(pieces: Sequence[tuple[torch.Tensor, int, int]],
+                  all_reduce: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+    """Each vector whole, in fp64, from this rank's pieces ``(local, offset, length)``: a contiguous
+    slice of a vector of ``length`` elements starting at ``offset`` (the whole vector, unsharded).
+
+    Each rank writes its slice into zeros of the whole length and one count, 1 if it holds element
+    0. With ``all_reduce`` (an in-place SUM over ranks) all of them go through it packed in one
+    call; dividing by the count (1 under FSDP, the number of replicas under HSDP, whose every
+    element is held once per replica) gives every rank the same whole vectors.
+    """
+    if not pieces:
+        return []
+    device = local_fp32(pieces[0][0]).device
+    parts = []
+    for local, offset, length in pieces:
+        local = local_fp32(local).reshape(-1)
+        part = torch.zeros(length + 1, dtype=torch.float64, device=device)
+        part[offset:offset + local.numel()] = local.to(device, torch.float64)
+        part[length] = float(local.numel() > 0 and offset == 0)
+        parts.append(part)
+    vec = torch.cat(parts)
+    if all_reduce is not None:
+        all_reduce(vec)  # the one collective of this read
+    out, i = [], 0
+    for _, _, length in pieces:
+        out.append(vec[i:i + length] / vec[i + length])  # a vector no rank holds reads nan
+        i += length + 1
+    return out
+
+
+def unit_rms(v: torch.Tensor) -> torch.Tensor:
+    """v / √mean(v²): what ``reparam: multipliers`` makes of its row and column vectors."""
+    return v / v.square().mean().sqrt()
+
+
+@torch.no_grad()
+def multiplier_gains(modules: Sequence[Any], all_reduce: Callable[[torch.Tensor], None] | None = None
+                     ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """``{id(module): (row gain of this rank's rows, whole column gain)}`` in fp64, for matrices
+    ``W̄ = α·diag(r̂)·W·diag(ĉ)`` (``alpha``, ``row_mult`` and ``col_mult``, either vector None:
+    ``reparam.multipliers``). Their α, r and c are read whole (``whole_vectors``: one collective).
+
+    The row gain is α·r̂ for the rows of this rank's piece of ``weight``, shape (rows, 1), or α,
+    shape (1, 1), without a row vector; the column gain ĉ, shape (cols,), or None. A constant gate
+    scale (``gate_scale``) is left out: it cancels from every ratio.
+    """
+    pieces = []
+    for m in modules:
+        pieces += [(v, shard_offset(v), v.shape[0]) for v in (m.alpha, m.row_mult, m.col_mult) if v is not None]
+    whole = iter(whole_vectors(pieces, all_reduce))
+    out = {}
+    for m in modules:
+        row = next(whole).reshape(1, 1)
+        if m.row_mult is not None:
+            start, n = shard_offset(m.weight), local_fp32(m.weight).shape[0]
+            row = row * unit_rms(next(whole))[start:start + n].unsqueeze(1)
+        col = unit_rms(next(whole)) if m.col_mult is not None else None
+        out[id(m)] = (row, col)
+    return out
+
+
 def scaled_to_pair(s: Sequence[float]) -> tuple[float, float]:
     """Reduced ``scaled`` sums → ``(‖ΔW̄‖², ‖W̄_old‖²)``."""
     dd, dw, ww, b, a, holders = s
@@ -170,13 +268,15 @@ class Item:
     entry: Entry
     """What is measured."""
     how: str
-    """'raw' (the tensor itself), 'scaled' (weight × scalar gate parameter) or 'gained' (module.gain())."""
+    """'raw' (the tensor itself), 'scaled' (weight × scalar gate parameter), 'gained' (module.gain()) or
+    'multiplied' (α·diag(r̂)·W·diag(ĉ) of a module with ``alpha``, ``row_mult``, ``col_mult``)."""
     weight: torch.Tensor
     """The stored weight (this rank's shard under FSDP)."""
     gate: torch.Tensor | None = None
     """The scalar gate parameter for 'scaled' (this rank's piece: one element or empty)."""
     module: Any = None
-    """For 'gained': the module (a ``ReparamMatrix``) whose ``gain()`` gives W̄ = gain ⊙ weight."""
+    """For 'gained': the module (a ``ReparamMatrix``) whose ``gain()`` gives W̄ = gain ⊙ weight; for
+    'multiplied': the module whose vectors give W̄ (``multiplier_gains``)."""
 
 
 @torch.no_grad()
@@ -184,11 +284,15 @@ def collect_sums(items: list[Item], snapshot: dict[int, torch.Tensor], gains: di
                  all_reduce: Callable[[torch.Tensor], None] | None = None) -> dict[Entry, tuple[float, float]]:
     """Every item's ``(‖ΔW‖², ‖W_old‖²)`` from this rank's tensors and the snapshot (keyed by ``id``).
 
-    With ``all_reduce`` (an in-place SUM over ranks) the packed sums of all items go through it
-    in one call; without, the local sums are final.
+    ``gains`` holds the old gains by ``id(module)``: ``gain()`` for 'gained' items, the
+    ``multiplier_gains`` pair for 'multiplied' ones. With ``all_reduce`` (an in-place SUM over
+    ranks) the packed sums of all items go through it in one call (after one more that reads the
+    multipliers' vectors whole, when there are 'multiplied' items); without, the local sums are final.
     """
     packer = Packer()
     cache: dict[int, torch.Tensor] = {}
+    multiplied = [it.module for it in items if it.how == 'multiplied']
+    new_gains = multiplier_gains(multiplied, all_reduce) if multiplied else {}
     for it in items:
         old = snapshot[id(it.weight)]
         if it.how == 'raw':
@@ -197,6 +301,8 @@ def collect_sums(items: list[Item], snapshot: dict[int, torch.Tensor], gains: di
             packer.add(it.entry, PAIR, cache[id(it.weight)])
         elif it.how == 'scaled':
             packer.add(it.entry, SCALED, scaled_sums(old, it.weight, snapshot[id(it.gate)], it.gate))
+        elif it.how == 'multiplied':
+            packer.add(it.entry, PAIR, multiplied_sums(old, it.weight, gains[id(it.module)], new_gains[id(it.module)]))
         else:
             packer.add(it.entry, PAIR, gained_sums(old, it.weight, gains[id(it.module)], it.module.gain()))
     vec = packer.vector()

@@ -7,11 +7,13 @@ architecture and any inference library loads it:
 - the plain embedding's "Spike No More" output scale folds into the embedding table;
 - Weight Normalization and σReparam fold their current W̄ (σReparam with its *stored* singular
   vectors, exactly what the model's eval-mode forward uses);
-- Residual Scaling folds its constant 1/√(2N) into W_o and W_d.
+- Residual Scaling folds its constant 1/√(2N) into W_o and W_d;
+- learnable multipliers fold α and their row and column vectors, W ← α·diag(r̂)·W·diag(ĉ).
 
-Each ``ReparamMatrix`` becomes W̄ = s ⊙ W, computed in fp32 from the fp32 masters
-(``ReparamMatrix.merged_weight``) and cast once to the export dtype; a fused matrix (qkv,
-gate_up) has one gain, so its row layout does not matter. A bias is copied as it is (the gain
+Each ``ReparamMatrix`` becomes W̄ (s ⊙ W; s ⊙ W ⊙ c with column multipliers), computed in fp32
+from the fp32 masters (``ReparamMatrix.merged_weight``) and cast once to the export dtype; a fused
+matrix (qkv, gate_up) is merged whole, before the adapter splits or reorders its rows, so its row
+layout does not matter, per-row gains included. A bias is copied as it is (the gain
 scales W, not W x + b), and so is everything else (norms). The family's adapter names the stock
 keys (Llama's GeLU MLP becomes three matrices: ``llama_adapter``).
 
@@ -32,6 +34,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.integrations.accelerate import init_empty_weights
 
 from wesar_foundry.export.adapter import Adapter, adapter_of
+from wesar_foundry.reparam import MultiplierMatrix, ReparamMatrix
 
 
 @torch.no_grad()
@@ -49,12 +52,7 @@ def merged_tensors(model: PreTrainedModel, dtype: torch.dtype = torch.float32, *
     owned = {f'{name}.{key}' for name, m in reparams.items() for key in m.state_dict()}
     rest = {k: v for k, v in model.state_dict().items() if k not in owned}
     for name, module in reparams.items():
-        if release and module.weight.dtype == torch.float32:
-            # W̄ = s ⊙ W written over W (the gain first: it may depend on W): merged_weight's own
-            # fp32 product, without a second matrix in memory.
-            w = module.weight.detach().mul_(module.gain().float())
-        else:
-            w = module.merged_weight()
+        w = merged_over_weight(module) if release and module.weight.dtype == torch.float32 else module.merged_weight()
         w = w.to(dtype)  # the single cast (a no-op for fp32)
         bias = getattr(module, 'bias', None)
         bias = None if bias is None else bias.detach().to(dtype, copy=True)
@@ -63,6 +61,19 @@ def merged_tensors(model: PreTrainedModel, dtype: torch.dtype = torch.float32, *
         yield from adapter.tensors(model.config, name, w, bias)
     for key, value in rest.items():
         yield key, value.detach().to(dtype if value.is_floating_point() else value.dtype, copy=True)
+
+
+@torch.no_grad()
+def merged_over_weight(module: ReparamMatrix) -> torch.Tensor:
+    """``module.merged_weight()`` written over its fp32 weight: the same fp32 products in the same
+    order (the gains first: they may depend on W), without a second matrix in memory."""
+    w = module.weight.detach()
+    if isinstance(module, MultiplierMatrix):
+        # W̄ = α·r̂ ⊙ W ⊙ ĉ is not one gain() times W (gain() refuses a column vector).
+        row, col = module.row_gain().float(), module.col_gain()
+        w.mul_(row)
+        return w if col is None else w.mul_(col.float())
+    return w.mul_(module.gain().float())
 
 
 def merged_state_dict(model: PreTrainedModel, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

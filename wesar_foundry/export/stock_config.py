@@ -21,7 +21,8 @@ from wesar_foundry.models.hf import CONFIG_KEY
 # What a gated config holds and no stock config may: the options of every family, then what
 # PretrainedConfig derives or save_pretrained writes (the stock config sets its own).
 DROP_KEYS = (
-    CONFIG_KEY, 'mlp_type', 'reparam', 'init_target', 'sigma2', 'sigma_choice', 'sigma_reparam_gamma_init', 'roles',
+    CONFIG_KEY, 'mlp_type', 'reparam', 'multipliers', 'init_target', 'sigma2', 'sigma_choice', 'sigma_reparam_gamma_init',
+    'roles',
     'model_type', 'architectures', 'auto_map', 'transformers_version', '_name_or_path', 'torch_dtype',
     '_attn_implementation_autoset',
 )

@@ -10,9 +10,10 @@ family's table in ``wesar_foundry.core.roles``; a bias stays a bias (``placement
 (``model.layers.0.self_attn.q_proj.alpha``), so the merge is a state dict of the stock class.
 
 The reparameterization options travel inside the HF config, as one extra attribute ``wesar_hf``
-(a dict: reparam, init target, σ², σReparam's γ init, role overrides). Whatever rebuilds the model
-from its config (llm-foundry's HF checkpointer, ``wesar-foundry export`` from a Composer
-checkpoint) therefore rebuilds the gated model, not the stock one.
+(a dict: reparam, the multipliers' vectors, init target, σ², σReparam's γ init, role
+overrides). Whatever rebuilds the model from its config (llm-foundry's HF checkpointer,
+``wesar-foundry export`` from a Composer checkpoint) therefore rebuilds the gated model, not the
+stock one.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ class WeSaRHFOptions(TransformersOptions):
     def config_entry(self, width: int) -> dict[str, Any]:
         """What the HF config carries under ``wesar_hf``: everything needed to rebuild the model."""
         choice = self.sigma_choice_at(width)
-        return {'reparam': self.reparam, 'init_target': self.init_target, 'sigma2': choice.sigma2,
-                'sigma_choice': choice.as_dict(), 'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
+        return {'reparam': self.reparam, 'multipliers': self.chosen_multipliers, 'init_target': self.init_target,
+                'sigma2': choice.sigma2, 'sigma_choice': choice.as_dict(),
+                'sigma_reparam_gamma_init': self.sigma_reparam_gamma_init, 'roles': dict(self.roles)}
 
 
 def tied_refusal(model_type: str) -> str:
@@ -151,7 +153,8 @@ class GatedHFModel(ReparamModelMixin):
         entry = getattr(config, CONFIG_KEY)
         how = Reparameterization(reparam=entry['reparam'], init_target=entry['init_target'], d_model=config.hidden_size,
                                  n_layers=config.num_hidden_layers, gamma_init=entry['sigma_reparam_gamma_init'],
-                                 gate_scale=entry.get('sigma_choice', {}).get('gate_scale', 1.0))
+                                 gate_scale=entry.get('sigma_choice', {}).get('gate_scale', 1.0),
+                                 multipliers=entry.get('multipliers'))
         place_matrices(self, how, check_family(config.model_type), entry.get('roles'),
                        model_name=f'wesar_hf ({config.model_type})')
         self.attach_forward_clock()

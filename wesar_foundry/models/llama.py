@@ -74,7 +74,7 @@ class WeSaRLlamaForCausalLM(ReparamModelMixin, LlamaForCausalLM):
                 layer.mlp = GeLUMLP(layer.mlp.up_proj, layer.mlp.down_proj)
         how = Reparameterization(reparam=config.reparam, init_target=config.init_target, d_model=config.hidden_size,
                                  n_layers=config.num_hidden_layers, gamma_init=config.sigma_reparam_gamma_init,
-                                 gate_scale=config.sigma_choice['gate_scale'])
+                                 gate_scale=config.sigma_choice['gate_scale'], multipliers=config.multipliers)
         place_matrices(self, how, LLAMA_ROLES, model_name='wesar_llama')
         self.attach_forward_clock()
 

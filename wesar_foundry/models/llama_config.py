@@ -83,6 +83,7 @@ class WeSaRLlamaOptions(TransformersOptions):
             mlp_bias=False,
             mlp_type=self.mlp_type,
             reparam=self.reparam,
+            multipliers=self.chosen_multipliers,
             init_target=self.init_target,
             sigma2=choice.sigma2,
             sigma_choice=choice.as_dict(),
@@ -98,9 +99,12 @@ class WeSaRLlamaConfig(LlamaConfig):
     model_type = 'wesar_llama'
 
     def __init__(self, mlp_type: str = 'gelu', reparam: str = 'wesar', init_target: str = 'he', sigma2: float = 4e-5,
-                 sigma_reparam_gamma_init: str = 'one', sigma_choice: dict | None = None, **kwargs):
+                 sigma_reparam_gamma_init: str = 'one', sigma_choice: dict | None = None, multipliers: str | None = None,
+                 **kwargs):
         self.mlp_type = mlp_type
         self.reparam = reparam
+        # The vectors of reparam multipliers (ReparamOptions.chosen_multipliers); None for the others.
+        self.multipliers = multipliers
         self.init_target = init_target
         self.sigma2 = sigma2
         # How σ² was chosen (sigma_rule.SigmaChoice.as_dict()), and the gates' constant s.

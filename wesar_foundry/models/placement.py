@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from wesar_foundry.core.init_targets import stored_embedding_std
 from wesar_foundry.core.roles import RoleTable, assign_roles
 from wesar_foundry.models.init import claims
 from wesar_foundry.reparam import (
-    PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
+    MultiplierMatrix, PlainMatrix, ReparamMatrix, ResidualScaledMatrix, SigmaReparamMatrix, WeSaRMatrix, WeightNormMatrix,
 )
 
 # Attributes a family's code sets on its layers that still mean something on the replacement
@@ -39,7 +40,7 @@ class Reparameterization:
     """How one model stores its matrices: what ``new_matrix`` needs besides a matrix's shape and role."""
 
     reparam: str
-    """wesar, none, weight_norm, sigma_reparam or residual_scaling."""
+    """wesar, none, weight_norm, sigma_reparam, residual_scaling or multipliers."""
     init_target: str
     """The target init (he or small): the plain embedding's constant depends on it."""
     d_model: int
@@ -49,7 +50,9 @@ class Reparameterization:
     gamma_init: str = 'one'
     """σReparam's γ at init: one or spectral."""
     gate_scale: float = 1.0
-    """WeSaR's constant s in α = s·a (``sigma_rule``)."""
+    """WeSaR's constant s in α = s·a (``sigma_rule``); the multipliers' α too."""
+    multipliers: Optional[str] = None
+    """With reparam multipliers, the vectors besides α: scalar, row, column or row_column."""
 
 
 @functools.cache
@@ -82,6 +85,8 @@ def new_matrix(how: Reparameterization, rows: int, cols: int, role: str, kind: s
     kwargs: dict = {'device': device, 'dtype': dtype}
     if how.reparam == 'wesar':
         cls, kwargs['gate_scale'] = WeSaRMatrix, how.gate_scale
+    elif how.reparam == 'multipliers':
+        cls, kwargs['gate_scale'], kwargs['multipliers'] = MultiplierMatrix, how.gate_scale, how.multipliers
     elif how.reparam == 'weight_norm':
         cls = WeightNormMatrix
     elif how.reparam == 'sigma_reparam':

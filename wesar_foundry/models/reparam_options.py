@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from wesar_foundry.core.init_targets import TARGETS, check_target, init_target_of
 from wesar_foundry.core.options import from_options
 from wesar_foundry.core.sigma_rule import KEYS as SIGMA_KEYS, SigmaChoice, choose_sigma
-from wesar_foundry.reparam import GAMMA_INITS, REPARAMS
+from wesar_foundry.reparam import GAMMA_INITS, MULTIPLIERS, REPARAMS
 
 # The registered init functions (foundry/init_fns.py); each initializes our models only.
 INIT_NAMES = ('wesar_', 'he', 'small')
 INIT_CONFIG_KEYS = ('name', 'target') + SIGMA_KEYS
 ATTN_IMPLEMENTATIONS = ('eager', 'sdpa', 'flash_attention_2')
+# What ``multipliers`` unset means with ``reparam: multipliers``: both vectors, the paper's full form.
+DEFAULT_MULTIPLIERS = 'row_column'
 
 
 def check_allowed(key: str, value: Any, allowed: tuple) -> None:
@@ -35,7 +37,9 @@ class ReparamOptions:
     """The keys every reparameterized model (``wesar_llama``, ``wesar_hf``, ``wesar_mpt``) accepts under ``model:``."""
 
     reparam: str = 'wesar'
-    """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling."""
+    """How matrices are stored: wesar, none, weight_norm, sigma_reparam, residual_scaling, multipliers."""
+    multipliers: Optional[str] = None
+    """With ``reparam: multipliers``, the vectors besides α: scalar, row, column or row_column (unset: row_column)."""
     init_config: dict = field(default_factory=lambda: {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5})
     """``name`` (a registered param_init_fn: wesar_, he, small), ``target`` (he|small), ``sigma2`` (σ², or ``auto``
     with ``lr: ${optimizer.lr}``, optional ``ref_lr``, ``ref_sigma2``, ``ref_width``, ``gate_scale``: see ``sigma_rule``)."""
@@ -77,6 +81,14 @@ class ReparamOptions:
         return choose_sigma(self.init_config, width=width)
 
     @property
+    def chosen_multipliers(self) -> Optional[str]:
+        """``multipliers`` as the model is built: ``row_column`` when unset with ``reparam: multipliers``,
+        None with any other reparam (which has no vectors)."""
+        if self.reparam != 'multipliers':
+            return None
+        return DEFAULT_MULTIPLIERS if self.multipliers is None else self.multipliers
+
+    @property
     def sigma(self) -> float:
         return self.sigma_choice.sigma
 
@@ -87,6 +99,12 @@ class ReparamOptions:
     def validate(self) -> None:
         """Raise a ValueError naming the key and the allowed values for a bad shared key."""
         check_allowed('reparam', self.reparam, REPARAMS)
+        if self.reparam == 'multipliers':
+            check_allowed('multipliers', self.chosen_multipliers, MULTIPLIERS)
+        elif self.multipliers is not None:
+            raise ValueError(f'model.multipliers={self.multipliers!r} is not allowed with model.reparam={self.reparam!r}: '
+                             'only reparam: multipliers has multiplier vectors (allowed values there: '
+                             f'{", ".join(MULTIPLIERS)}); remove model.multipliers or set model.reparam: multipliers')
         check_allowed('sigma_reparam_gamma_init', self.sigma_reparam_gamma_init, GAMMA_INITS)
         if not (isinstance(self.z_loss, (int, float)) and self.z_loss >= 0 and math.isfinite(self.z_loss)):
             raise ValueError(f'model.z_loss={self.z_loss!r} must be a finite number >= 0 (the paper uses 1e-4)')

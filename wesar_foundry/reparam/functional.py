@@ -32,6 +32,23 @@ instead of forming it again, and it does (measured: one W̄ per matrix saved, un
 aot_eager). The custom ops cost ~0.2 ms more per matrix and step in eager mode, hence the two
 routes. Autocast, which does not reach into a custom op, is applied by the Python entry points
 exactly as ``F.linear`` would apply it to ``x`` and W̄.
+
+A column gain c as well (learnable multipliers, W̄ = s ⊙ W ⊙ c, c one scalar per column) takes the
+same route with W̄ formed as s ⊙ W ⊙ c; only the gains' gradients change:
+
+    backward   G  = gyᵀ x,   ∂x = gy W̄     (W̄ formed again, transiently)
+               ∂W = s ⊙ G ⊙ c
+               ∂s = Σ_cols G ⊙ W ⊙ c        (per row; summed over rows too for a scalar s)
+               ∂c = Σ_rows G ⊙ W ⊙ s
+
+so again only x and W are saved (W by reference), plus s and c: O(rows + cols). (Scaling the
+activations instead, ((x ⊙ c) Wᵀ) ⊙ s, never forms W̄ but makes two activation-sized products
+where W̄ is one weight-sized one: 65 ms against 39 ms for 8192 tokens × 512 × 512 in bf16.) The
+embedding: y = s_i · W[i] ⊙ c, gathered first and scaled, saving the indices (plus W, s and c by
+reference). These two ops (``multiplied_linear``/``multiplied_embedding``) have no
+``torch.library`` route yet: under ``torch.compile`` Dynamo traces their autograd.Function as plain
+code (one graph, the same gradients), so what is saved for backward is then the partitioner's
+choice, and the promise above is the eager one.
 """
 
 from __future__ import annotations
@@ -67,6 +84,14 @@ def _scale(t: Tensor, gain: Optional[Tensor], constant: float, dtype: torch.dtyp
 def _row_gains(gain: Optional[Tensor], constant: float, idx: Tensor) -> tuple[Optional[Tensor], float]:
     """The gain of each looked-up row: the scalar (or constant) itself, or the rows' own gains."""
     return (gain if gain is None or gain.numel() == 1 else F.embedding(idx, gain)), constant
+
+
+def _table_gain_grad(dots: Tensor, gain: Tensor, idx: Tensor) -> Tensor:
+    """A table's ∂s from each looked-up row's fp32 dot product (tokens, 1): summed for a scalar s,
+    accumulated per token id for one gain per row."""
+    g_s = (dots.sum().reshape(1) if gain.numel() == 1
+           else torch.zeros(gain.shape, dtype=torch.float32, device=gain.device).index_add_(0, idx, dots))
+    return g_s.to(gain.dtype)
 
 
 # ---- linear -------------------------------------------------------------------------------------
@@ -163,9 +188,7 @@ def _embedding_bwd(gy: Tensor, idx: Tensor, weight: Tensor, gain: Optional[Tenso
     if need_s:
         # ⟨gy, W[i]⟩ per looked-up row, the rows gathered again (transiently), accumulated per token id.
         dots = torch.linalg.vecdot(flat_gy.float(), F.embedding(flat_idx, weight).float(), dim=1).unsqueeze(1)
-        g_s = (dots.sum().reshape(1) if gain.numel() == 1
-               else torch.zeros(gain.shape, dtype=torch.float32, device=gain.device).index_add_(0, flat_idx, dots))
-        g_s = g_s.to(gain.dtype)
+        g_s = _table_gain_grad(dots, gain, flat_idx)
     return g_w, g_s
 
 
@@ -221,6 +244,82 @@ def _embedding_grad(ctx, gy):
 _embedding.register_autograd(_embedding_grad, setup_context=_embedding_setup)
 
 
+# ---- a column gain too: learnable multipliers, W̄ = s ⊙ W ⊙ c (eager route only) ----------------
+
+def _multiplied(t: Tensor, row_gain: Tensor, col_gain: Tensor, dtype: torch.dtype) -> Tensor:
+    """``s ⊙ t ⊙ c`` in ``dtype``, the gains cast to it first: a fresh tensor."""
+    return _scale(t, row_gain, 1.0, dtype).mul_(col_gain.to(dtype))
+
+
+def _gains_grads(g: Tensor, t: Tensor, row_gain: Tensor, col_gain: Tensor,
+                 need_s: bool, need_c: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """For y = s ⊙ t ⊙ c ((n, cols), s (1,) or (n, 1)) and its gradient ``g``: the dots ⟨g_i ⊙ c, t_i⟩
+    per row (n, 1), and ∂c = Σ_i s_i g_i ⊙ t_i (cols,); in fp32, with one g ⊙ t temporary (and mv,
+    which autocast leaves in fp32 where it would round matmul and vecdot, should backward run under it)."""
+    p = g.float() * t.float()
+    dots = torch.mv(p, col_gain.float()).unsqueeze(1) if need_s else None
+    g_c = torch.mv(p.t(), row_gain.float().reshape(-1).expand(p.shape[0])).to(col_gain.dtype) if need_c else None
+    return dots, g_c
+
+
+def _linear_cols_fwd(x: Tensor, weight: Tensor, row_gain: Tensor, col_gain: Tensor, scale_dtype: torch.dtype) -> Tensor:
+    # As _linear_fwd: W̄ formed in the activation's own dtype, cast to x's, used and dropped.
+    return F.linear(x, _multiplied(weight, row_gain, col_gain, scale_dtype).to(x.dtype))
+
+
+def _linear_cols_bwd(gy: Tensor, x: Tensor, weight: Tensor, row_gain: Tensor, col_gain: Tensor,
+                     need_x: bool, need_w: bool, need_s: bool, need_c: bool) -> tuple[Optional[Tensor], ...]:
+    dt = gy.dtype
+    g_x = g_w = g_s = g_c = None
+    if need_x:
+        g_x = gy @ _multiplied(weight, row_gain, col_gain, dt)
+    if need_w or need_s or need_c:
+        G = gy.reshape(-1, gy.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).to(dt)
+        dots, g_c = _gains_grads(G, weight, row_gain, col_gain, need_s, need_c)
+        if need_s:
+            g_s = (dots.sum().reshape(1) if row_gain.numel() == 1 else dots).to(row_gain.dtype)
+        if need_w:
+            # In place, as _linear_bwd: G is this backward's own fresh product.
+            g_w = G.mul_(row_gain.to(dt)).mul_(col_gain.to(dt)).to(weight.dtype)
+    return g_x, g_w, g_s, g_c
+
+
+def _embedding_cols_fwd(idx: Tensor, weight: Tensor, row_gain: Tensor, col_gain: Tensor) -> Tensor:
+    # Gathered first, then scaled (as _embedding_fwd): a whole W̄ would be a second table per step.
+    return _multiplied(F.embedding(idx, weight), _row_gains(row_gain, 1.0, idx)[0], col_gain, weight.dtype)
+
+
+def _embedding_cols_bwd(gy: Tensor, idx: Tensor, weight: Tensor, row_gain: Tensor, col_gain: Tensor, need_idx: bool,
+                        need_w: bool, need_s: bool, need_c: bool) -> tuple[Optional[Tensor], ...]:
+    flat_idx, flat_gy = idx.reshape(-1), gy.reshape(-1, gy.shape[-1])
+    s = _row_gains(row_gain, 1.0, flat_idx)[0]  # (1,), or (tokens, 1): each looked-up row's gain
+    g_w = g_s = g_c = None
+    if need_w:
+        g_w = torch.zeros_like(weight).index_add_(0, flat_idx, _multiplied(flat_gy, s, col_gain, gy.dtype).to(weight.dtype))
+    if need_s or need_c:
+        # The looked-up rows gathered again (transiently).
+        dots, g_c = _gains_grads(flat_gy, F.embedding(flat_idx, weight), s, col_gain, need_s, need_c)
+        if need_s:
+            g_s = _table_gain_grad(dots, row_gain, flat_idx)
+    return None, g_w, g_s, g_c
+
+
+class _EagerMultiplied(torch.autograd.Function):
+    """Either column op: forward ``fwd(inp, weight, row_gain, col_gain, *options)``, backward ``bwd(gy,
+    inp, weight, row_gain, col_gain, *needs)`` with a gradient for each of the four; saves those four only."""
+
+    @staticmethod
+    def forward(ctx, fwd, bwd, inp, weight, row_gain, col_gain, *options):
+        ctx.bwd, ctx.n_options = bwd, len(options)
+        ctx.save_for_backward(inp, weight, row_gain, col_gain)
+        return fwd(inp, weight, row_gain, col_gain, *options)
+
+    @staticmethod
+    def backward(ctx, gy):
+        grads = ctx.bwd(gy, *ctx.saved_tensors, *ctx.needs_input_grad[2:6])
+        return None, None, *grads, *(None,) * ctx.n_options
+
+
 # ---- the two entry points: eager through autograd.Function, compiled through the opaque ops -----
 
 def _split(gain: Tensor | float) -> tuple[Optional[Tensor], float]:
@@ -241,3 +340,19 @@ def scaled_embedding(idx: Tensor, weight: Tensor, gain: Tensor | float) -> Tenso
     """``gain[idx] ⊙ weight[idx]`` (or ``gain ⊙ weight[idx]`` for a scalar gain); saves idx, weight, gain."""
     op = _embedding if torch.compiler.is_compiling() else _EagerEmbedding.apply
     return op(idx, weight, *_split(gain))
+
+
+def multiplied_linear(x: Tensor, weight: Tensor, row_gain: Tensor, col_gain: Tensor) -> Tensor:
+    """``F.linear(x, row_gain ⊙ weight ⊙ col_gain)`` in ``x``'s dtype (autocast's, if on); ``row_gain`` (1,)
+    or (rows, 1), ``col_gain`` (cols,). Saves x, weight and the two gains only (eager route only: module doc)."""
+    scale_dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        # As scaled_linear: cast outside the op, so the op saves the cast x, as mm does.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return _EagerMultiplied.apply(_linear_cols_fwd, _linear_cols_bwd, x, weight, row_gain, col_gain, scale_dtype)
+
+
+def multiplied_embedding(idx: Tensor, weight: Tensor, row_gain: Tensor, col_gain: Tensor) -> Tensor:
+    """``row_gain[idx] ⊙ weight[idx] ⊙ col_gain`` (``row_gain`` (1,) or (rows, 1), ``col_gain`` (cols,));
+    saves idx, weight and the two gains only."""
+    return _EagerMultiplied.apply(_embedding_cols_fwd, _embedding_cols_bwd, idx, weight, row_gain, col_gain)

@@ -48,8 +48,25 @@ class LrJump(Callback):
         groups[0]['lr'] *= self.factor
 
 
+class SetEntries(Callback):
+    """Before step ``step``'s forward, sets entry ``index`` of each parameter ``name`` (cleaned) to ``value``
+    (``entries``: a list of ``{name, index, value}``)."""
+
+    def __init__(self, step: int, entries: list) -> None:
+        self.step, self.entries = step, [dict(e) for e in entries]
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        if int(state.timestamp.batch) + 1 != self.step:
+            return
+        params = {clean_name(n): p for n, p in state.model.named_parameters()}
+        with torch.no_grad():
+            for e in self.entries:
+                params[e['name']][e['index']] = e['value']
+
+
 callbacks.register('test_param_recorder', func=ParamRecorder)
 callbacks.register('test_lr_jump', func=LrJump)
+callbacks.register('test_set_entries', func=SetEntries)
 
 
 def find(trainer, cls):

@@ -115,7 +115,28 @@ def test_a_resumed_run_keeps_the_initial_gate_values_and_its_warnings(train_cfg,
     assert min(logged(resumed, 'gate_health/warnings').values()) >= len(before)
 
 
+def test_multipliers_vector_entries_that_change_sign_or_collapse_are_named_and_healthy_vectors_pass(train_cfg, warned):
+    # reparam multipliers (row_column): one entry of a row vector set negative, one of a column
+    # vector to a twentieth of its rms, before step 4; every other vector trains as it would.
+    rows, cols = 'model.model.layers.1.mlp.down_proj.row_mult', 'model.model.layers.0.self_attn.q_proj.col_mult'
+    entries = f'[{{name: {rows}, index: 3, value: -0.5}}, {{name: {cols}, index: 7, value: 0.05}}]'
+    trainer = train(train_cfg('max_duration=6ba', 'callbacks={gate_health_monitor: {interval: 1, max_ratio: 0}, '
+                              f'test_set_entries: {{step: 4, entries: {entries}}}}}',
+                              reparam='multipliers', multipliers='row_column'))
+    mon = find(trainer, GateHealthMonitor)
+    got = [(w['step'], w['condition'], w['vector'], w['gate'], w['entries']) for w in mon.warnings]
+    assert got == [(4, 'shrink', cols, f'{cols}[7]', 1), (4, 'sign', rows, f'{rows}[3]', 1)]  # in module order
+    assert all(w['matrix'] == w['vector'].rpartition('.')[0] for w in mon.warnings)
+    assert len(warned) == 2 and f'vector {rows}: 1 of 32 entries are <= 0' in warned[1]
+    assert len({v.name for v, _ in mon._vectors}) == 2 * len(trainer.state.model.model.reparam_modules()) > 2
+    vmin, signs = logged(trainer, 'gate_health/vector_min_fraction'), logged(trainer, 'gate_health/vector_sign_changes')
+    assert sorted(vmin) == list(range(1, 7)) and min(vmin[s] for s in (1, 2, 3)) > 0.9  # healthy before step 4
+    assert vmin[4] < 0 and signs[4] == 1 and signs[3] == 0
+    assert min(logged(trainer, 'gate_health/min_fraction').values()) > 0.9  # the α gates are checked as before
+
+
 @pytest.mark.parametrize('kwargs, match', [
+    ({'vector_min_fraction': -1}, r'gate_health_monitor\.vector_min_fraction=-1 must be a number in \[0, 1\)'),
     ({'action': 'halt'}, r"gate_health_monitor\.action='halt'; allowed: log, stop"),
     ({'ratios': 'always'}, r"gate_health_monitor\.ratios='always'; allowed: auto, monitor, none"),
     ({'interval': 0}, r'gate_health_monitor\.interval=0 must be an integer >= 1'),

@@ -19,7 +19,7 @@ JUMP_STEP = 10
 # (loss +0.3–0.6, within this tiny run's batch noise) while the head's sends the loss to ~200.
 SPIKE_RUN = (
     'scheduler.t_warmup=2ba',
-    r"optimizer.param_groups=[{param_str_match: '\.(alpha|g|gamma)$', weight_decay: 0.0}, "
+    r"optimizer.param_groups=[{param_str_match: '\.(alpha|g|gamma|row_mult|col_mult)$', weight_decay: 0.0}, "
     r"{param_str_match: 'lm_head\.weight$'}]",
 )
 # Tight enough for a 14-step run, loose enough for its batch-to-batch noise (bumps of ~5% occur).

@@ -14,9 +14,9 @@ from llmfoundry.command_utils import train
 
 from tests.foundry.callbacks.helpers import ParamRecorder, find, in_memory, logged
 from wesar_foundry.foundry.callbacks.update_ratio_monitor import UpdateRatioMonitor, find_or_create
-from wesar_foundry.reparam import PlainMatrix, WeightNormMatrix, WeSaRMatrix
+from wesar_foundry.reparam import MultiplierMatrix, PlainMatrix, WeightNormMatrix, WeSaRMatrix
 
-GATES = ('alpha', 'g', 'gamma')
+GATES = ('alpha', 'g', 'gamma', 'row_mult', 'col_mult')
 
 
 def _norm2(t: torch.Tensor) -> float:
@@ -39,6 +39,9 @@ def brute_force(rec: ParamRecorder, step: int, hf_model) -> dict[str, float]:
     for mod, m in modules.items():
         def eff(p):
             w = p[f'{mod}.weight']
+            if isinstance(m, MultiplierMatrix):  # α·diag(r̂)·W·diag(ĉ), r̂ = r/rms(r)
+                unit = lambda v: v / v.square().mean().sqrt()  # noqa: E731
+                return p[f'{mod}.alpha'] * unit(p[f'{mod}.row_mult']).unsqueeze(1) * w * unit(p[f'{mod}.col_mult'])
             if isinstance(m, WeSaRMatrix):
                 return p[f'{mod}.alpha'] * w
             if isinstance(m, WeightNormMatrix):
@@ -77,14 +80,24 @@ def brute_force(rec: ParamRecorder, step: int, hf_model) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize('reparam, offload', [('wesar', False), ('weight_norm', True)])
+@pytest.mark.parametrize('reparam, offload', [('wesar', False), ('weight_norm', True), ('multipliers', False)])
 def test_every_logged_value_matches_brute_force_in_a_real_run(train_cfg, reparam, offload):
-    # WeSaR: scalar gates (the 'scaled' sums); Weight Normalization: per-row gains (the 'gained' sums).
+    # WeSaR: scalar gates (the 'scaled' sums); Weight Normalization: per-row gains (the 'gained' sums);
+    # multipliers (row_column): α, row and column vectors (the 'multiplied' sums).
     cfg = train_cfg('max_duration=6ba', 'scheduler.t_warmup=0ba', 'optimizer.lr=3e-3',
                     f'callbacks={{update_ratio_monitor: {{interval: 2, per_matrix: all, offload: {str(offload).lower()}}}, '
-                    'test_param_recorder: {}}', reparam=reparam)
+                    'test_param_recorder: {}}', reparam=reparam,
+                    **({'multipliers': 'row_column'} if reparam == 'multipliers' else {}))
     trainer = train(cfg)
     rec = find(trainer, ParamRecorder)
+    if reparam == 'multipliers':
+        # Not vacuous: at the measured steps α, r, c and W of every matrix all move, and r, c are no
+        # longer uniform (so r̂ ≠ 1 and ĉ ≠ 1 enter W̄).
+        for mod in trainer.state.model.model.reparam_modules():
+            for leaf in ('alpha', 'row_mult', 'col_mult', 'weight'):
+                name = f'model.{mod}.{leaf}'
+                assert not torch.equal(rec.before[4][name], rec.after[4][name]), name
+            assert rec.before[4][f'model.{mod}.col_mult'].std() > 0 and rec.before[4][f'model.{mod}.row_mult'].std() > 0
     data = in_memory(trainer).data
     keys = {k for k in data if k.startswith('update_ratio/')}
     for step in (2, 4, 6):

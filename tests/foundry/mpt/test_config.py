@@ -9,10 +9,11 @@ from tests.foundry.mpt.helpers import build
 from wesar_foundry.foundry.mpt.config import WeSaRMPTConfig, WeSaRMPTOptions
 
 
-def test_mpts_default_tied_embedding_is_refused_with_the_reason():
+@pytest.mark.parametrize('reparam', ['wesar', 'multipliers'])
+def test_mpts_default_tied_embedding_is_refused_with_the_reason(reparam):
     with pytest.raises(ValueError, match=r'tie_word_embeddings=True .*two different gains on one matrix.*'
                                          r'tie_word_embeddings: false'):
-        build(tie_word_embeddings=True)
+        build(reparam=reparam, tie_word_embeddings=True)
 
 
 def test_learned_position_embeddings_are_refused_with_the_reason():
@@ -57,3 +58,17 @@ def test_an_init_config_without_a_name_uses_wesar_as_documented():
 def test_the_role_overrides_are_saved_with_the_config():
     config = build(roles={r'\.attn\.out_proj$': 'down'}).model.config
     assert WeSaRMPTConfig.from_dict(config.to_dict()).roles == {r'\.attn\.out_proj$': 'down'}
+
+
+@pytest.mark.parametrize('multipliers, saved', [(None, 'row_column'), ('row', 'row')])
+def test_the_multipliers_are_saved_with_the_config(multipliers, saved):
+    config = build(reparam='multipliers', multipliers=multipliers).model.config
+    assert config.multipliers == saved
+    assert WeSaRMPTConfig.from_dict(config.to_dict()).multipliers == saved  # what the export rebuilds from
+    assert build().model.config.multipliers is None
+
+
+def test_multipliers_with_a_reparam_without_vectors_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"model.multipliers='column' is not allowed with model.reparam='weight_norm'.*"
+                                         r'scalar, row, column, row_column'):
+        WeSaRMPTOptions.split({'reparam': 'weight_norm', 'multipliers': 'column'})

@@ -15,6 +15,8 @@ from wesar_foundry.core.init_targets import target_std
 from wesar_foundry.core.roles import MPT_ROLES
 from wesar_foundry.foundry.mpt.modeling import initialized
 from wesar_foundry.models.placement import Reparameterization, place_matrices
+from wesar_foundry.reparam import MULTIPLIERS, MultiplierMatrix
+from wesar_foundry.reparam.multipliers import VECTORS
 
 BLOCK_ROLES = {'attn.Wqkv': 'qkv', 'attn.out_proj': 'o', 'ffn.up_proj': 'up', 'ffn.down_proj': 'down'}
 
@@ -37,6 +39,21 @@ def test_every_matrix_gets_the_reparameterization_with_its_roles_target_std(repa
             assert got == pytest.approx(want, rel=0.1), name
         if reparam == 'wesar':
             assert m.alpha.item() == pytest.approx(want / math.sqrt(4e-5), rel=1e-6), name
+
+
+@pytest.mark.parametrize('multipliers', MULTIPLIERS)
+def test_multipliers_place_their_vectors_where_chosen_and_compute_wesars_logits_at_init(multipliers):
+    torch.manual_seed(0)
+    wesar = build(no_bias=False).model.eval()
+    torch.manual_seed(0)
+    ours = build(no_bias=False, reparam='multipliers', multipliers=multipliers).model.eval()
+    assert roles(ours) == roles(wesar)
+    for name, m in ours.reparam_modules().items():
+        assert isinstance(m, MultiplierMatrix) and m.multipliers == multipliers, name
+        bias = {'bias'} if m.kind == 'linear' and name != 'lm_head' else set()  # no_bias: false biases MPT's blocks
+        assert set(dict(m.named_parameters())) == {'weight', 'alpha', *VECTORS[multipliers]} | bias, name
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=INPUT_IDS).logits, wesar(input_ids=INPUT_IDS).logits, rtol=0, atol=1e-6)
 
 
 def test_the_embedding_and_the_head_keep_mpts_fsdp_marks():

@@ -13,11 +13,11 @@ import torch
 from llmfoundry.models.mpt import MPTForCausalLM
 from safetensors.torch import load_file
 
-from tests.export.helpers import save_sharded
+from tests.export.helpers import save_sharded, trained_with_spread_multipliers
 from tests.foundry.mpt.helpers import INPUT_IDS, build, load_in_clean_process
 from tests.helpers import INITS, adam_steps
 from wesar_foundry.commands.cli import main as cli
-from wesar_foundry.export import to_stock
+from wesar_foundry.export import export_model, to_stock
 
 # What `wesar-foundry export` is given: every kind of Composer checkpoint of one trained model.
 SOURCES = {'monolithic': 'mono/ep0-ba2-rank0.pt', 'monolithic-save-folder': 'mono',
@@ -91,7 +91,12 @@ def test_the_export_folder_is_what_hf_checkpointer_writes_for_mpt(run):
     {'reparam': 'weight_norm', 'init_config': INITS['weight_norm'], 'no_bias': False,
      'attn_config': {'attn_impl': 'torch', 'alibi': True}},
     {'reparam': 'wesar', 'init_config': {'name': 'wesar_', 'sigma2': 'auto', 'lr': 1e-2}},
-], ids=['wesar-fused-mlp', 'sigma_reparam-unfused-glu-bias', 'weight_norm-alibi-bias', 'wesar-sigma-auto'])
+    {'reparam': 'multipliers', 'no_bias': False},
+    {'reparam': 'multipliers', 'multipliers': 'column', 'attn_config': {'attn_impl': 'torch', 'rope': True,
+                                                                       'rope_impl': 'hf', 'fused_qkv': False},
+     'ffn_config': {'ffn_type': 'mptglu'}},
+], ids=['wesar-fused-mlp', 'sigma_reparam-unfused-glu-bias', 'weight_norm-alibi-bias', 'wesar-sigma-auto',
+        'multipliers-fused-bias', 'multipliers-column-unfused-glu'])
 def test_the_merged_stock_mpt_computes_what_the_gated_model_computes(layout):
     model = build(**layout).model
     with torch.no_grad():
@@ -105,6 +110,21 @@ def test_the_merged_stock_mpt_computes_what_the_gated_model_computes(layout):
         got = stock(input_ids=INPUT_IDS).logits
     assert type(stock) is MPTForCausalLM and stock.config.model_type == 'mpt'
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_multipliers_mpt_exports_a_folder_that_loads_in_a_clean_process_with_the_trained_logits(tmp_path):
+    torch.manual_seed(0)
+    model = trained_with_spread_multipliers(build(reparam='multipliers', no_bias=False), range(30, 32))
+    with torch.no_grad():
+        logits = model(input_ids=INPUT_IDS).logits
+    folder = export_model(model, tmp_path / 'out', dtype='fp32')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['model_type'] == 'mpt' and not {'reparam', 'multipliers'} & set(config)
+    assert not [k for k in load_file(folder / 'model.safetensors') if k.endswith(('.alpha', '.row_mult', '.col_mult'))]
+    loaded = load_in_clean_process(folder, tmp_path / 'loader')
+    assert (loaded['class'], loaded['model_type'], loaded['ours']) == ('MPTForCausalLM', 'mpt', [])
+    torch.testing.assert_close(loaded['logits'], logits, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``gate_health_monitor``: warns (or stops) when a gate changes sign, shrinks, or its matrix's
-effective update ratio exceeds a bound. The rule is in ``wesar_foundry.core.gate_health``."""
+effective update ratio exceeds a bound; also when an entry of a multipliers vector does. The rule
+is in ``wesar_foundry.core.gate_health``."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from wesar_foundry.core.gate_health import Gate, GateHealthRule, GateHealthTracker, read_gates, summary
+from wesar_foundry.core.gate_health import (
+    Gate, GateHealthRule, GateHealthTracker, Vector, read_gates, summary, vector_summary,
+)
 from wesar_foundry.core.options import takes_options
-from wesar_foundry.core.ratios import clean_name
-from wesar_foundry.foundry.callbacks.update_ratio_monitor import UpdateRatioMonitor, check_ratio_source, find_or_create
-from wesar_foundry.reparam import ReparamMatrix
+from wesar_foundry.core.ratios import clean_name, shard_offset, whole_vectors
+from wesar_foundry.foundry.callbacks.update_ratio_monitor import (
+    UpdateRatioMonitor, check_ratio_source, find_or_create, sum_over_ranks,
+)
+from wesar_foundry.reparam import MultiplierMatrix, ReparamMatrix
+
+# The multipliers' per-row and per-column gates (reparam/multipliers.py), checked entry by entry.
+VECTORS = ('row_mult', 'col_mult')
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +41,8 @@ class GateHealthError(RuntimeError):
 @dataclass
 class GateHealthConfig(GateHealthRule):
     """Options of ``gate_health_monitor`` (every YAML key under it): the rule's (``sign_change``,
-    ``min_fraction``, ``max_ratio``: ``wesar_foundry.core.gate_health.GateHealthRule``), then the
-    callback's own."""
+    ``min_fraction``, ``max_ratio``, ``vector_min_fraction``: ``wesar_foundry.core.gate_health.GateHealthRule``),
+    then the callback's own."""
 
     interval: int = 10
     """Check after every ``interval``-th optimizer step (gates are read then; ratios when measured then)."""
@@ -55,8 +63,9 @@ class GateHealthConfig(GateHealthRule):
 
 
 class GateHealthMonitor(Callback):
-    """Watches every scalar gate (WeSaR's α, σReparam's γ) against its initial value, and every
-    measured matrix's effective update ratio.
+    """Watches every scalar gate (WeSaR's α, σReparam's γ) against its initial value, every entry
+    of the multipliers' row and column vectors against the vector's rms, and every measured
+    matrix's effective update ratio.
 
     On a checked step (``BATCH_END`` of every ``interval``-th optimizer step, 1-based as in
     ``update_ratio_monitor``) it reads every gate, compares it with α₀ (the value it had when
@@ -69,11 +78,14 @@ class GateHealthMonitor(Callback):
     **Keys** logged on checked steps: ``gate_health/warnings`` (running count),
     ``gate_health/min_fraction`` (smallest α/α₀ over gates; negative once one changed sign),
     ``gate_health/sign_changes`` (gates whose sign differs from α₀ now), and, when ratios were
-    measured, ``gate_health/max_ratio`` (largest effective update ratio).
+    measured, ``gate_health/max_ratio`` (largest effective update ratio); with multipliers vectors,
+    ``gate_health/vector_min_fraction`` (smallest entry / its vector's rms; negative once one changed
+    sign) and ``gate_health/vector_sign_changes`` (entries <= 0).
 
     **Sharding.** Under FSDP every gate's value comes from one all-reduce per check of a packed
-    vector (two numbers per gate), and the ratios are the monitor's all-reduced ones, so every
-    rank takes the same decision and ``action: stop`` stops all ranks alike.
+    vector (two numbers per gate), the vectors are read whole with one more (their entries, plus
+    one number each), and the ratios are the monitor's all-reduced ones, so every rank takes the
+    same decision and ``action: stop`` stops all ranks alike.
     """
 
     @takes_options(GateHealthConfig, KEY)
@@ -84,24 +96,28 @@ class GateHealthMonitor(Callback):
         self._gates: list[Gate] = []
         self._tensors: list[Any] = []
         self._scales: list[float] = []
+        self._vectors: list[tuple[Vector, Any]] = []
         self._reduce = False
         self._monitor: UpdateRatioMonitor | None = None
         self._own_monitor = False
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._reduce = dist.get_world_size() > 1 and state.fsdp_enabled
-        self._gates, self._tensors, self._scales = [], [], []
+        self._gates, self._tensors, self._scales, self._vectors = [], [], [], []
         for mname, module in state.model.named_modules():
             if not isinstance(module, ReparamMatrix):
                 continue
             matrix = clean_name(mname)
+            if isinstance(module, MultiplierMatrix):
+                self._vectors += [(Vector(f'{matrix}.{n}', matrix), getattr(module, n)) for n in VECTORS
+                                  if getattr(module, n) is not None and getattr(module, n).requires_grad]
             # WeSaR under sigma2: auto stores α = s·a (a replicated buffer s, as the checkpoint had it;
             # None when s = 1, and absent from the other reparameterizations).
             scale = getattr(module, 'gate_scale', None)
             for pname, p in module.named_parameters(recurse=False):
                 # Scalar gates only: shape (1,) (a DTensor's shape is the global one). Per-row
                 # gains (Weight Normalization's g) are no single scale to compare.
-                if pname not in ('weight', 'bias') and tuple(p.shape) == (1,) and p.requires_grad:
+                if pname not in ('weight', 'bias', *VECTORS) and tuple(p.shape) == (1,) and p.requires_grad:
                     self._gates.append(Gate(f'{matrix}.{pname}', matrix))
                     self._tensors.append(p)
                     self._scales.append(1.0 if scale is None or pname != 'alpha' else float(scale.item()))
@@ -121,9 +137,13 @@ class GateHealthMonitor(Callback):
                                                           history=1, effective_only=True)
 
     def _read(self, state: State) -> dict[str, float]:
-        reduce = (lambda v: dist.all_reduce(v, reduce_operation='SUM')) if self._reduce else None
-        values = read_gates(self._tensors, reduce)
+        values = read_gates(self._tensors, sum_over_ranks(self._reduce))
         return {g.name: v * c for g, v, c in zip(self._gates, values, self._scales)}
+
+    def _read_vectors(self) -> dict[Vector, Any]:
+        # Whole on every rank (a vector's FSDP2 shards are split across ranks), so all decide alike.
+        pieces = [(p, shard_offset(p), p.shape[0]) for _, p in self._vectors]
+        return dict(zip((v for v, _ in self._vectors), whole_vectors(pieces, sum_over_ranks(self._reduce))))
 
     def after_train_batch(self, state: State, logger: Logger) -> None:
         if self._own_monitor:
@@ -142,10 +162,12 @@ class GateHealthMonitor(Callback):
         if step % self.config.interval:
             return
         values = self._read(state)
+        vectors = self._read_vectors() if self._vectors else {}
         ratios = self._ratios(state)
-        found = self.tracker.update(step, self._gates, values, ratios)
+        found = self.tracker.update(step, self._gates, values, ratios, vectors)
         metrics = {'gate_health/warnings': self.tracker.count,
-                   **{f'gate_health/{k}': v for k, v in summary(values, self.tracker.initial).items()}}
+                   **{f'gate_health/{k}': v for k, v in summary(values, self.tracker.initial).items()},
+                   **{f'gate_health/{k}': v for k, v in vector_summary(vectors.values()).items()}}
         finite = [r for r in (ratios or {}).values() if math.isfinite(r)]
         if finite:
             metrics['gate_health/max_ratio'] = max(finite)

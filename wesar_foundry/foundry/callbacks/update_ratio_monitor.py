@@ -22,10 +22,10 @@ from composer.utils import dist
 
 from wesar_foundry.core.options import takes_options
 from wesar_foundry.core.ratios import (
-    Entry, Item, aggregate, clean_name, collect_sums, matrix_key, ratio,
+    Entry, Item, aggregate, clean_name, collect_sums, matrix_key, multiplier_gains, ratio,
 )
 from wesar_foundry.core.roles import infer_layer, infer_role
-from wesar_foundry.reparam import PlainMatrix, ReparamMatrix, WeSaRMatrix
+from wesar_foundry.reparam import MultiplierMatrix, PlainMatrix, ReparamMatrix, WeSaRMatrix
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ class UpdateRatioMonitor(Callback):
     **Memory:** one fp32 copy of this rank's parameters (its shard under FSDP), held from
     ``AFTER_TRAIN_BATCH`` to ``BATCH_END`` of logging steps only, freed in between; with
     ``offload: true`` that copy lives in CPU memory and each tensor visits the device once to be
-    compared. Per-row gains of Weight Normalization / σReparam add one vector per matrix.
+    compared. Per-row gains of Weight Normalization / σReparam add one vector per matrix; the
+    multipliers' gains (``reparam: multipliers``) one row and one column vector per matrix, in fp64.
 
     **Sharding:** under FSDP every rank sums over its shard and the sums of squares of all
     numerators and denominators are all-reduced in *one* collective per logging step, then
@@ -120,6 +121,9 @@ class UpdateRatioMonitor(Callback):
     (Weight Normalization) need no gathering: FSDP2 shards dim 0, so a rank holds whole rows and
     their gains. σReparam's spectral gain is one scalar from the whole matrix: its ``gain()``
     gathers the matrix (a collective every rank makes, in the same order) on measured steps.
+    The multipliers' W̄ = α·diag(r̂)·W·diag(ĉ) needs α, all of r (for its rms) and all of c (whose
+    shards do not follow W's rows): they are read whole on every rank with one more all-reduce, of
+    O(rows + cols) numbers per matrix, at the snapshot and at the measurement.
 
     **Keys** (``K`` is ``raw``, ``effective`` or ``gate``; step t as above):
 
@@ -127,7 +131,8 @@ class UpdateRatioMonitor(Callback):
     - ``update_ratio/K/uniformity/max_over_min`` and ``.../log_std`` (std of ln ratios across
       matrices), ``update_ratio/K/max``/``min``; ``update_ratio/gate/max``;
     - ``update_ratio/K/matrix/<name>`` per ``per_matrix``. Raw and gate names are parameter
-      names, effective names are module names.
+      names, effective names are module names. The multipliers' vectors ``row_mult``/``col_mult``
+      are gates (‖Δr‖/‖r‖); their effective matrix is W̄ with the vectors.
     """
 
     @takes_options(UpdateRatioConfig, KEY)
@@ -138,7 +143,7 @@ class UpdateRatioMonitor(Callback):
         self._items: list[Item] | None = None
         self._reduce = False
         self._snapshot: dict[int, torch.Tensor] = {}
-        self._snap_gains: dict[int, torch.Tensor] = {}
+        self._snap_gains: dict[int, Any] = {}
         self._snap_step: int | None = None
         self._current: Measurement | None = None
         self._logged_step: int | None = None
@@ -183,7 +188,9 @@ class UpdateRatioMonitor(Callback):
             if isinstance(module, PlainMatrix):
                 # A constant gain cancels out of the ratio: W̄'s ratio is W's.
                 items.append(Item(e, 'raw', module.weight))
-            elif isinstance(module, WeSaRMatrix):
+            elif isinstance(module, MultiplierMatrix) and (module.row_mult is not None or module.col_mult is not None):
+                items.append(Item(e, 'multiplied', module.weight, module=module))
+            elif isinstance(module, WeSaRMatrix):  # multipliers: scalar is WeSaR
                 items.append(Item(e, 'scaled', module.weight, gate=module.alpha))
             else:
                 items.append(Item(e, 'gained', module.weight, module=module))
@@ -233,7 +240,7 @@ class UpdateRatioMonitor(Callback):
             return
         device = 'cpu' if self.config.offload else None
         snap: dict[int, torch.Tensor] = {}
-        gains: dict[int, torch.Tensor] = {}
+        gains: dict[int, Any] = {}
         for it in self._items:
             for t in (it.weight, it.gate):
                 if t is not None and id(t) not in snap:
@@ -241,6 +248,9 @@ class UpdateRatioMonitor(Callback):
             if it.how == 'gained' and id(it.module) not in gains:
                 # no_grad: σReparam runs no power-iteration step, so this is the gain the forward used.
                 gains[id(it.module)] = it.module.gain().detach().float().clone()
+        multiplied = list({id(it.module): it.module for it in self._items if it.how == 'multiplied'}.values())
+        if multiplied:
+            gains.update(multiplier_gains(multiplied, sum_over_ranks(self._reduce)))
         self._snapshot, self._snap_gains, self._snap_step = snap, gains, step
 
     def measure(self, state: State) -> Measurement | None:
@@ -250,8 +260,7 @@ class UpdateRatioMonitor(Callback):
             return self._current
         if self._snap_step != step:
             return None
-        reduce = (lambda v: dist.all_reduce(v, reduce_operation='SUM')) if self._reduce else None
-        sums = collect_sums(self._items, self._snapshot, self._snap_gains, reduce)
+        sums = collect_sums(self._items, self._snapshot, self._snap_gains, sum_over_ranks(self._reduce))
         self._snapshot, self._snap_gains, self._snap_step = {}, {}, None
         ratios = {e: ratio(n, d) for e, (n, d) in sums.items()}
         metrics = aggregate(sums)
@@ -264,8 +273,8 @@ class UpdateRatioMonitor(Callback):
 
     def held_bytes(self) -> int:
         """Bytes of snapshot held right now (0 outside AFTER_TRAIN_BATCH → BATCH_END of logging steps)."""
-        tensors = list(self._snapshot.values()) + list(self._snap_gains.values())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        gains = [g for v in self._snap_gains.values() for g in (v if isinstance(v, tuple) else (v,))]
+        return sum(t.numel() * t.element_size() for t in list(self._snapshot.values()) + gains if t is not None)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         m = self.measure(state)
@@ -284,6 +293,11 @@ class UpdateRatioMonitor(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.clear()
         self.history.extend(Measurement.from_json(d) for d in json.loads(state['history']))
+
+
+def sum_over_ranks(sharded: bool):
+    """An in-place SUM all-reduce for the core readers when parameters are sharded, else None (nothing to sum)."""
+    return (lambda v: dist.all_reduce(v, reduce_operation='SUM')) if sharded else None
 
 
 def _copy(t: torch.Tensor, device: str | None) -> torch.Tensor:

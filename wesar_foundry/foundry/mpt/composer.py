@@ -28,7 +28,8 @@ class WeSaRMPTComposerModel(ReparamComposerModel):
         # The name always: MPT fills a missing one with its own default init (kaiming_normal_).
         init_config = {**options.init_config, 'name': options.init_name}
         config = WeSaRMPTConfig(reparam=options.reparam, sigma_reparam_gamma_init=options.sigma_reparam_gamma_init,
-                                roles=options.roles, init_config=init_config, **mpt_kwargs)
+                                roles=options.roles, multipliers=options.chosen_multipliers, init_config=init_config,
+                                **mpt_kwargs)
         if tokenizer is not None and len(tokenizer) > config.vocab_size:
             raise ValueError(f'model.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)} '
                              f'tokens); set model.vocab_size >= {len(tokenizer)}')

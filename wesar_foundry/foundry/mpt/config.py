@@ -69,8 +69,10 @@ class WeSaRMPTConfig(MPTConfig):
     model_type = 'wesar_mpt'
 
     def __init__(self, reparam: str = 'wesar', sigma_reparam_gamma_init: str = 'one', roles: dict | None = None,
-                 **kwargs: Any):
+                 multipliers: str | None = None, **kwargs: Any):
         self.reparam = reparam
+        # The vectors of reparam multipliers (ReparamOptions.chosen_multipliers); None for the others.
+        self.multipliers = multipliers
         self.sigma_reparam_gamma_init = sigma_reparam_gamma_init
         # Role overrides (model.roles): saved with the config, so that a rebuild places the same roles.
         self.roles = dict(roles or {})

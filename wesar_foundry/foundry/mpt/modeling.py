@@ -43,7 +43,8 @@ class WeSaRMPTForCausalLM(ReparamModelMixin, MPTForCausalLM):
         how = Reparameterization(reparam=config.reparam, init_target=init_target_of(config.init_config),
                                  d_model=config.d_model, n_layers=config.n_layers,
                                  gamma_init=config.sigma_reparam_gamma_init,
-                                 gate_scale=choose_sigma(config.init_config, width=config.d_model).gate_scale)
+                                 gate_scale=choose_sigma(config.init_config, width=config.d_model).gate_scale,
+                                 multipliers=config.multipliers)
         place_matrices(self, how, MPT_ROLES, config.roles, model_name='wesar_mpt', initialized=initialized)
         self.attach_forward_clock()
 
