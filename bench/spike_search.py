@@ -11,6 +11,8 @@ A setting is an underscore-separated spec, every field optional except that unkn
     d64_N16_T128_B8_lr3e-2_w30_z0_s150
     d: d_model   N: n_layers   h: n_heads (4)   T: seq_len   B: batch (sequences)   lr: peak lr
     w: warm-up steps (then cosine to 10%)   s: steps   z: z_loss (demo: 1e-4)   sig: WeSaR σ² (4e-5)
+    wd: weight decay in torch AdamW's terms (demo: 0.01; Composer's decoupled value is wd·lr)
+    dwd: Composer's decoupled weight decay as is, at every lr (the run decays by the same factor whatever its lr)
 
 Missing fields take DemoConfig's defaults. All methods of a setting run at the same lr (the paper's
 protocol). Per run it records: the spikes the monitor counted (``loss_spike/count``), the steps and
@@ -59,7 +61,8 @@ DEFAULT_SETTINGS = [
 ]
 KEYS = {'d': ('d_model', int), 'N': ('n_layers', int), 'h': ('n_heads', int), 'T': ('seq_len', int),
         'B': ('batch_size', int), 'lr': ('lr', float), 'w': ('warmup', int), 's': ('steps', int),
-        'z': ('z_loss', float), 'sig': ('sigma2', float), 'rw': ('ref_width', int)}
+        'z': ('z_loss', float), 'sig': ('sigma2', float), 'rw': ('ref_width', int), 'wd': ('weight_decay', float),
+        'dwd': ('decoupled_weight_decay', float)}
 
 
 def parse_setting(spec: str) -> dict[str, Any]:
@@ -122,7 +125,8 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     from wesar_foundry.foundry.callbacks.loss_spike_monitor import LossSpikeMonitor
 
     p = parse_setting(setting)
-    extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2', 'ref_width') if k in p}
+    extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2', 'ref_width', 'weight_decay', 'decoupled_weight_decay')
+             if k in p}
     # One lr for every method (the demo's default is each method's own best lr; this protocol is not that).
     cfg = DemoConfig(methods=[method], seeds=[seed], lrs=[extra.get('lr', FALLBACK_LR)], **p)
     cfg.validate()
@@ -135,6 +139,10 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     # Overrides of the demo's config (knobs the demo does not expose).
     if 'z_loss' in extra:
         conf['model']['z_loss'] = extra['z_loss']
+    if 'weight_decay' in extra:  # decoupled_adamw's p·(1 − wd·lr_t/lr_0) is torch AdamW's p·(1 − lr_t·wd) at wd·lr
+        conf['optimizer']['weight_decay'] = extra['weight_decay'] * cfg.lrs[0]
+    if 'decoupled_weight_decay' in extra:
+        conf['optimizer']['weight_decay'] = extra['decoupled_weight_decay']
     if 'sigma2' in extra and method == 'wesar':
         conf['model']['init_config']['sigma2'] = extra['sigma2']
     if method == 'wesar_auto':  # sig: the reference σ², i.e. the relative step ref_lr/σ_ref; rw: the width it holds at
@@ -144,11 +152,12 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     conf['progress_bar'] = False
     (run_dir / 'config.json').write_text(json.dumps(conf, indent=1))
     t0 = time.perf_counter()
-    error, spikes = None, []
+    error, spikes, spread = None, [], {}
     try:
         trainer = train(OmegaConf.create(conf))
         mon = next((cb for cb in trainer.state.callbacks if isinstance(cb, LossSpikeMonitor)), None)
         spikes = list(mon.spikes) if mon else []
+        spread = multiplier_spread(trainer.state.model)
         trainer.close()
     except Exception as e:  # noqa: BLE001 -- a diverged run (NonFiniteLossError) is a result, not a crash
         error = f'{type(e).__name__}: {str(e)[:300]}'
@@ -160,7 +169,7 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     metrics = run_dir / 'metrics.jsonl'
     summary = summarize(metrics) if metrics.exists() and metrics.stat().st_size else {}
     row = {'setting': setting, 'method': method, 'seed': seed, 'lr': cfg.lrs[0], 'wall_s': wall, 'error': error,
-           'monitor_rule': rule_kw, **summary, **(analyse(metrics, rule_kw) if summary else {}),
+           'monitor_rule': rule_kw, **summary, **({'multipliers': spread} if spread else {}), **(analyse(metrics, rule_kw) if summary else {}),
            'spike_records': [{'step': s['step'], 'loss': s['loss'], 'window_mean': s['window_mean'],
                               'top_at': (s.get('ratios_at') or {}).get('top', [])[:3]} for s in spikes]}
     if error and 'NonFinite' in error:
@@ -168,6 +177,30 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
         row['diverged'] = True
     (run_dir / 'result.json').write_text(json.dumps(row, indent=1))
     return row
+
+
+def multiplier_spread(model: Any) -> dict[str, dict[str, float]]:
+    """Per role, the learned multipliers at the end of a ``reparam: multipliers`` run ({} for any other):
+    ``row_std``/``col_std`` (the spread of r̂ = r/rms(r), ĉ: 0 at init; mean over the role's matrices),
+    ``row_min``/``col_min`` (the smallest entry of r̂, ĉ over them: 1 at init) and ``row_rms``/``col_rms``
+    (the raw vectors' rms, 1 at init, largest over them: how far r and c went along the r·k, c/k
+    direction, which the op does not see)."""
+    from wesar_foundry.core.ratios import unit_rms
+    from wesar_foundry.reparam.multipliers import MultiplierMatrix
+    acc: dict[str, dict[str, list[float]]] = {}
+    for mod in model.modules():
+        if not isinstance(mod, MultiplierMatrix):
+            continue
+        for side, v in (('row', mod.row_mult), ('col', mod.col_mult)):
+            if v is None:
+                continue
+            v = v.detach().float()
+            u, a = unit_rms(v), acc.setdefault(mod.role, {})
+            a.setdefault(f'{side}_std', []).append(float(u.std()))
+            a.setdefault(f'{side}_min', []).append(float(u.min()))
+            a.setdefault(f'{side}_rms', []).append(float(v.square().mean().sqrt()))
+    pick = {'std': statistics.mean, 'min': min, 'rms': max}
+    return {role: {k: pick[k.split('_')[1]](vs) for k, vs in a.items()} for role, a in acc.items()}
 
 
 def ms(vals: list[float], spec: str = '.3f') -> str:

@@ -8,7 +8,8 @@ tokens: every run sees each token at most once (the sub-epoch regime the issue a
 
 Shapes: widths 64, 128, 256 at depth 4, and depths 2, 4, 8 at width 128 (d128 N4 is shared);
 4 heads at d ≥ 128, 2 at d = 64 (head dim 32 or 64). lrs 3e-4 … 3e-2 (five, evenly spaced in log
-lr over two orders of magnitude). Methods: ``small``, ``he``, ``wesar`` (σ² 4e-5), ``wesar_auto``.
+lr over two orders of magnitude). Methods: ``small``, ``he``, ``wesar`` (σ² 4e-5), ``wesar_auto``,
+``multipliers`` (``reparam: multipliers``, row_column, at WeSaR's σ²; issue 25).
 
 **Resumable, appended as it goes.** Each finished run is appended as one JSON line to
 ``<out>/runs.jsonl`` (and its run folder keeps ``result.json``); a second call skips every run
@@ -38,7 +39,16 @@ run for every grid seed, so the optimum lies inside the points run: the lr sweep
 grid is complete, before the third seed (``--sweep edges`` runs only these); the LR sensitivity
 stays over the five grid lrs.
 
+**The weight-decay sweep** (``--sweep wd``, issue 25, ``<out>/weight_decay.md``): ``small``, ``wesar`` and
+``multipliers`` at d128 N4 over the lr grid (one seed, then the other two at each best lr) at the
+demo's weight decay (0.01 in torch AdamW's terms), at 0.1 (the AdamW-equivalent value of the
+learnable-multipliers argument), and at Composer's decoupled 0.01 at every lr, which decays every
+run by 1.1 e-folds (``SCHEDULE_SUM``): in 200 steps torch's 0.1 decays a run at lr 1e-3 by 0.011
+e-folds only, far from the noise/decay equilibrium the argument is about. It reports the learned
+multipliers' spread per role at each best lr.
+
     OMP_NUM_THREADS=2 python bench/transfer.py --budget-min 120
+    OMP_NUM_THREADS=2 python bench/transfer.py --sweep wd --budget-min 60
     OMP_NUM_THREADS=2 python bench/transfer.py --sweep edges --budget-min 30
     OMP_NUM_THREADS=2 python bench/transfer.py --sweep rel-step --budget-min 30
 """
@@ -56,7 +66,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHODS = ['small', 'he', 'wesar', 'wesar_auto']
+METHODS = ['small', 'he', 'wesar', 'wesar_auto', 'multipliers']
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 # One point past each end of the grid, run where a method's best is at that end (``--sweep edges``):
 # the optimum then lies inside the points run. LR sensitivity stays over LRS alone.
@@ -64,6 +74,13 @@ EDGE_LRS = (1e-4, 1e-1)
 WIDTHS, DEPTH_AT = [64, 128, 256], 4
 DEPTHS, WIDTH_AT = [2, 4, 8], 128
 TAIL = 'T128_B16_w10_s200'
+# Weight decay, as a setting suffix: 'wd<x>' is x in torch AdamW's terms (Composer's decoupled value x·lr),
+# 'dwd<x>' Composer's decoupled value x at every lr. The demo's wd0.01 is every run above; the weight-decay
+# sweep (issue 25: the noise/decay equilibrium learnable multipliers answer) adds wd0.1 and dwd0.01, for:
+DECAY, DECAYS, DECAY_METHODS = 'wd0.01', ['wd0.01', 'wd0.1', 'dwd0.01'], ['small', 'wesar', 'multipliers']
+# Σ lr_t/lr_peak over the schedule (10 warm-up steps, 190 of cosine to 10%): the decay a run gets is
+# exp(−x·lr·SCHEDULE_SUM) under wd<x>, exp(−x·SCHEDULE_SUM) under dwd<x> (1.1 e-folds at dwd0.01).
+SCHEDULE_SUM = 5.0 + 190 * 0.55
 # The relative-step sweep: sigma2: auto at one lr, its reference σ² on a ×2 grid, and the rule's width.
 REL_LR, REL_FACTORS, REF_SIGMA2, REF_LR, RULE_WIDTH = 1e-2, [0.25, 0.5, 1, 2, 4, 8], 4e-5, 1e-3, 128
 
@@ -72,9 +89,9 @@ def shape(d: int, n: int) -> str:
     return f'd{d}_N{n}' + ('_h2' if d < 128 else '')
 
 
-def setting(d: int, n: int, lr: float) -> str:
-    """A ``spike_search`` setting spec (its parser reads d, N, h, T, B, w, s and lr)."""
-    return f'{shape(d, n)}_{TAIL}_lr{lr:g}'
+def setting(d: int, n: int, lr: float, decay: str = DECAY) -> str:
+    """A ``spike_search`` setting spec (its parser reads d, N, h, T, B, w, s, lr, wd and dwd)."""
+    return f'{shape(d, n)}_{TAIL}_lr{lr:g}' + (f'_{decay}' if decay != DECAY else '')
 
 
 def plan(seeds: list[int]) -> list[tuple[int, int, str, float, int]]:
@@ -104,8 +121,19 @@ def edge_plan(rows: list[dict[str, Any]], seeds: list[int]) -> list[tuple[int, i
     return [(d, n, m, lr, sd) for sd in seeds for d, n, m, lr in sorted(edges)]
 
 
-def key(d: int, n: int, m: str, lr: float, sd: int) -> str:
-    return f'{shape(d, n)}|{m}|{lr:g}|{sd}'
+def wd_plan(seed: int, methods: list[str]) -> list[tuple[int, int, str, float, int, str]]:
+    """The weight-decay sweep's grid: DECAY_METHODS at d128 N4 over the lr grid at each of DECAYS (at
+    DECAY the lr grid's own runs serve), one seed; the other seeds go to each best lr."""
+    return [(WIDTH_AT, DEPTH_AT, m, lr, seed, dc) for dc in DECAYS for m in DECAY_METHODS if m in methods for lr in LRS]
+
+
+def wd_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the weight-decay sweep compares: DECAY_METHODS at d128 N4."""
+    return [r for r in rows if r['shape'] == shape(WIDTH_AT, DEPTH_AT) and r['method'] in DECAY_METHODS]
+
+
+def key(d: int, n: int, m: str, lr: float, sd: int, decay: str = DECAY) -> str:
+    return f'{shape(d, n)}|{m}|{lr:g}|{sd}' + (f'|{decay}' if decay != DECAY else '')
 
 
 def first_loss(metrics: Path) -> float:
@@ -206,6 +234,71 @@ def plot(summ: dict[str, dict[str, Any]], series: list[str], label: str, path: P
     fig.tight_layout()
     for suffix in ('.png', '.svg'):
         fig.savefig(path.with_suffix(suffix), dpi=110)
+    plt.close(fig)
+
+
+def wd_report(rows: list[dict[str, Any]], out: Path) -> None:
+    """``<out>/weight_decay.md`` and ``weight-decay.png``: held-out loss against lr for DECAY_METHODS at
+    each weight decay, each method at its own best lr over every seed run there, and the learned
+    multipliers' spread per role at that lr (mean over seeds)."""
+    sh = shape(WIDTH_AT, DEPTH_AT)
+    summ = {dc: analyse([r for r in wd_rows(rows) if r.get('decay', DECAY) == dc]).get(sh, {}) for dc in DECAYS}
+    cols = sorted({lr for by_m in summ.values() for s in by_m.values() for lr in s['loss']})
+    lines = [f'Weight decay at {sh}: wd<x> is x in torch AdamW\'s terms (Composer\'s decoupled value x·lr), dwd<x> '
+             'Composer\'s decoupled value x at every lr; gates, gains and multiplier vectors out of it. '
+             f'e-folds of decay over a run: wd<x> x·lr·{SCHEDULE_SUM:g}, dwd<x> x·{SCHEDULE_SUM:g}. '
+             'Held-out loss per lr: mean (seeds); each method at its own best lr:', '',
+             '| decay | method | ' + ' | '.join(f'lr {lr:g}' for lr in cols)
+             + ' | best lr | e-folds of decay at it | held-out at best: mean ± std (seeds) | LR sensitivity |',
+             '|---|---|' + '---|' * len(cols) + '---|---|---|---|']
+    for dc, by_m in summ.items():
+        for m in DECAY_METHODS:
+            if m not in by_m:
+                continue
+            s = by_m[m]
+            cells = [f'{s["loss"][lr]:.3f} ({s["n"][lr]})' if lr in s['loss'] else '–' for lr in cols]
+            b = s['best_lr']
+            sd = s['std'][b]
+            x = float(dc.lstrip('dw'))
+            efolds = x * SCHEDULE_SUM * (b if dc.startswith('wd') else 1.0)
+            lines.append(f'| {dc} | {m} | ' + ' | '.join(cells) + f' | {b:g} | {efolds:.2g} | **{s["loss"][b]:.3f}**'
+                         + (f' ± {sd:.3f}' if math.isfinite(sd) else '') + f' ({s["n"][b]}) | '
+                         f'{s["lr_sensitivity"]:.3f} ({s["grid_points"]}/{len(LRS)}) |')
+    lines += ['', 'The learned multipliers at the best lr (mean over its seeds): the spread (std) of r̂ = r/rms(r) and '
+              'ĉ per role (mean over the role\'s matrices; 0 at init), their smallest entry (over the matrices; 1 at '
+              'init), and the raw vectors\' rms (largest over the matrices; 1 at init: the drift along r·k, c/k):', '',
+              '| decay | best lr | role | std r̂ | std ĉ | min r̂ | min ĉ | rms r | rms c |', '|---|---|---|---|---|---|---|---|---|']
+    for dc, by_m in summ.items():
+        if 'multipliers' not in by_m:
+            continue
+        b = by_m['multipliers']['best_lr']
+        spreads = [r['multipliers'] for r in wd_rows(rows) if r['method'] == 'multipliers' and r.get('decay', DECAY) == dc
+                   and r['lr'] == b and r.get('multipliers')]
+        for role in (spreads[0] if spreads else {}):
+            v = lambda k, f=statistics.mean: f([sp[role][k] for sp in spreads if k in sp.get(role, {})] or [math.nan])  # noqa: E731
+            lines.append(f'| {dc} | {b:g} ({len(spreads)}) | {role} | {v("row_std"):.3f} | {v("col_std"):.3f} | '
+                         f'{v("row_min", min):.3f} | {v("col_min", min):.3f} | {v("row_rms", max):.4f} | {v("col_rms", max):.4f} |')
+    md = '\n'.join(lines)
+    (out / 'weight_decay.md').write_text(md + '\n')
+    print(md)
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(summ), figsize=(4.5 * len(summ), 3.6), sharey=True)
+    for ax, (dc, by_m) in zip(axes, summ.items()):
+        for m in DECAY_METHODS:
+            if m in by_m:
+                s = by_m[m]
+                lrs = sorted(s['loss'])
+                ax.plot(lrs, [s['loss'][lr] for lr in lrs], marker='o', label=m)
+                ax.plot([s['best_lr']], [s['loss'][s['best_lr']]], marker='*', markersize=12, color=ax.lines[-1].get_color())
+        ax.set_xscale('log')
+        ax.set_title(f'{sh}, {dc}')
+        ax.set_xlabel('peak learning rate')
+    axes[0].set_ylabel('held-out loss (nats/token)')
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / 'weight-decay.png', dpi=110)
     plt.close(fig)
 
 
@@ -334,10 +427,15 @@ def main() -> None:
     ap.add_argument('--work', default='/tmp/wesar-transfer', help='run folders (metrics, result.json)')
     ap.add_argument('--out', default='bench/results/transfer')
     ap.add_argument('--report-only', action='store_true', help='analyse runs.jsonl, train nothing')
-    ap.add_argument('--sweep', choices=['lr', 'edges', 'rel-step'], default='lr',
+    ap.add_argument('--methods', default=','.join(METHODS), help='the methods to run (every method run is reported)')
+    ap.add_argument('--sweep', choices=['lr', 'edges', 'rel-step', 'wd'], default='lr',
                     help="lr: the methods' lr grid; edges: one lr past an end of it where the best is at that end; "
-                         "rel-step: sigma2: auto's reference σ² across width")
+                         "rel-step: sigma2: auto's reference σ² across width; wd: small, wesar and multipliers "
+                         f"at d{WIDTH_AT} N{DEPTH_AT} at weight decays {', '.join(DECAYS)}")
     args = ap.parse_args()
+    methods = args.methods.split(',')
+    if bad := [m for m in methods if m not in METHODS]:
+        raise SystemExit(f'--methods {",".join(bad)}: allowed: {", ".join(METHODS)}')
     if args.sweep == 'rel-step':
         return rel_step(args)
 
@@ -349,19 +447,23 @@ def main() -> None:
     log, rows = runs_log(out)
     done = {r['key'] for r in rows}
     seeds = [int(s) for s in args.seeds.split(',')]
-    planned = edge_plan(rows, seeds) if args.sweep == 'edges' else plan(seeds)
+    at_wd = lambda dc: [r for r in rows if r.get('decay', DECAY) == dc]  # noqa: E731 -- the lr grid is at DECAY
+    mine = lambda pts: [p for p in pts if p[2] in methods]  # noqa: E731
+    planned = mine(edge_plan(at_wd(DECAY), seeds) if args.sweep == 'edges' else
+                   wd_plan(seeds[0], methods) if args.sweep == 'wd' else plan(seeds))
     todo = [] if args.report_only else [p for p in planned if key(*p) not in done]
     start, walls = time.perf_counter(), []
 
-    def run(d: int, n: int, m: str, lr: float, sd: int) -> None:
+    def run(d: int, n: int, m: str, lr: float, sd: int, decay: str = DECAY) -> None:
         elapsed = time.perf_counter() - start
-        print(f'[transfer] {shape(d, n)} {m} lr {lr:g} seed {sd} ({len(rows)} done, {elapsed / 60:.1f} min in)', flush=True)
-        r = one_run(setting(d, n, lr), m, sd, work, work / 'data')
-        metrics = work / setting(d, n, lr) / f'{m}-seed{sd}' / 'metrics.jsonl'
-        row = {'key': key(d, n, m, lr, sd), 'shape': shape(d, n), 'd': d, 'N': n, 'method': m, 'lr': lr, 'seed': sd,
-               'val_loss': r.get('val_loss', math.nan), 'train_loss': r.get('train_loss', math.nan),
+        print(f'[transfer] {shape(d, n)} {m} lr {lr:g} seed {sd} {decay} ({len(rows)} done, {elapsed / 60:.1f} min in)', flush=True)
+        r = one_run(setting(d, n, lr, decay), m, sd, work, work / 'data')
+        metrics = work / setting(d, n, lr, decay) / f'{m}-seed{sd}' / 'metrics.jsonl'
+        row = {'key': key(d, n, m, lr, sd, decay), 'shape': shape(d, n), 'd': d, 'N': n, 'method': m, 'lr': lr, 'seed': sd,
+               'decay': decay, 'val_loss': r.get('val_loss', math.nan), 'train_loss': r.get('train_loss', math.nan),
                'l0': first_loss(metrics) if metrics.exists() else math.nan, 'wall_s': r['wall_s'],
-               'error': r.get('error'), 'gate_min_fraction': r.get('gate_min_fraction', math.nan)}
+               'error': r.get('error'), 'gate_min_fraction': r.get('gate_min_fraction', math.nan),
+               **({'multipliers': r['multipliers']} if 'multipliers' in r else {})}
         with open(log, 'a') as f:  # appended the moment it finishes: a stopped grid loses no run
             f.write(json.dumps(row) + '\n')
         rows.append(row)
@@ -378,18 +480,30 @@ def main() -> None:
             print(f'[transfer] budget {args.budget_min:g} min reached: {len(todo) - len(walls)} runs left for the next call')
             break
         run(*p)
-    def run_missing(points: list[tuple[int, int, str, float, int]]) -> None:
+    def run_missing(points: list[tuple]) -> None:
         for p in points:
             if key(*p) not in {r['key'] for r in rows} and not over_budget():
                 run(*p)
 
-    if args.sweep == 'lr' and not args.report_only:
-        run_missing(edge_plan(rows, seeds))  # the edge lrs the whole grid calls for, then the third seed at each best lr
-        run_missing([(int(sh.split('_')[0][1:]), int(sh.split('_')[1][1:]), m, s['best_lr'], args.third_seed)
-                     for sh, by_m in analyse(rows).items() for m, s in by_m.items()])
+    def at_best(decay: str, rs: list[dict[str, Any]], extra: list[int]) -> list[tuple]:
+        """The ``extra`` seeds at each of ``methods``' best lr in each shape of ``rs``."""
+        return [(int(sh.split('_')[0][1:]), int(sh.split('_')[1][1:]), m, s['best_lr'], sd, decay)
+                for sh, by_m in analyse(rs).items() for m, s in by_m.items() if m in methods for sd in extra]
 
-    summ = analyse(rows)
-    md = table(summ, {sd: analyse([r for r in rows if r['seed'] == sd]) for sd in seeds})
+    if args.sweep == 'lr' and not args.report_only:
+        run_missing(mine(edge_plan(at_wd(DECAY), seeds)))  # the edge lrs the whole grid calls for, then the third seed at each best lr
+        run_missing(at_best(DECAY, at_wd(DECAY), [args.third_seed]))
+    if args.sweep == 'wd':
+        if not args.report_only:
+            for dc in DECAYS:
+                run_missing([(*p, dc) for p in mine(edge_plan(wd_rows(at_wd(dc)), seeds[:1]))])
+            for _ in range(2):  # the other seeds at each best lr; again once if a new seed moved the best
+                for dc in DECAYS:
+                    run_missing(at_best(dc, wd_rows(at_wd(dc)), [*seeds[1:], args.third_seed]))
+        return wd_report(rows, out)
+
+    summ = analyse(at_wd(DECAY))
+    md = table(summ, {sd: analyse([r for r in at_wd(DECAY) if r['seed'] == sd]) for sd in seeds})
     (out / 'table.md').write_text(md + '\n')
     (out / 'summary.json').write_text(json.dumps(summ, indent=1, default=str))
     plot(summ, [shape(d, DEPTH_AT) for d in WIDTHS], f'width (N={DEPTH_AT})', out / 'transfer-width')

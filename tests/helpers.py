@@ -10,7 +10,8 @@ import torch
 TINY_MODEL = {'d_model': 32, 'n_layers': 2, 'n_heads': 2, 'vocab_size': 512, 'max_seq_len': 32}
 # One init per reparam that trains at the tiny size (weight_norm and σReparam need a larger σ).
 INITS = {'wesar': {'name': 'wesar_'}, 'none': {'name': 'small'}, 'weight_norm': {'name': 'wesar_', 'sigma2': 16e-5},
-         'sigma_reparam': {'name': 'wesar_', 'sigma2': 16e-5}, 'residual_scaling': {'name': 'small'}}
+         'sigma_reparam': {'name': 'wesar_', 'sigma2': 16e-5}, 'residual_scaling': {'name': 'small'},
+         'multipliers': {'name': 'wesar_'}}
 
 # wesar_hf at the tiny size: config_overrides for every family, plus each family's own keys.
 HF_SIZES = {'hidden_size': 32, 'num_hidden_layers': 2, 'num_attention_heads': 2, 'intermediate_size': 64,

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', help="the demo's prepared data folder, built once and reused (default: <out>/data, so "
                                   "wesar-report/data; `prepare` builds the full corpus separately, in wesar-data)")
     p.add_argument('--source', action='append', help="corpus for prepare: 'docstrings' (default), .txt/.jsonl, hf:<name>")
-    p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto (default: wesar,small)')
+    p.add_argument('--methods', help='comma-separated: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto, multipliers (default: wesar,small)')
     p.add_argument('--seeds', help='comma-separated seeds (default: 17)')
     one_or_sweep = p.add_mutually_exclusive_group()  # both given, one would be silently ignored
     one_or_sweep.add_argument('--lr', type=float, help="one peak learning rate for every method (default: each method at "

@@ -29,10 +29,13 @@ from typing import Any
 from wesar_foundry.commands.paper import GATE_PARAM_GROUPS, METHODS as PAPER_METHODS
 
 # The paper's methods, plus WeSaR with σ chosen from the run's lr (sigma_rule): the interpolation is
-# what a YAML writes, since the model builder sees only model:.
+# what a YAML writes, since the model builder sees only model:; and the learnable row and column
+# multipliers on WeSaR's gate (issue 25), at WeSaR's σ².
 METHODS = {**PAPER_METHODS,
            'wesar_auto': {'reparam': 'wesar', 'init_config': {'name': 'wesar_', 'target': 'he', 'sigma2': 'auto',
-                                                              'lr': '${optimizer.lr}'}}}
+                                                              'lr': '${optimizer.lr}'}},
+           'multipliers': {'reparam': 'multipliers', 'multipliers': 'row_column',
+                           'init_config': {'name': 'wesar_', 'target': 'he', 'sigma2': 4e-5}}}
 
 
 @dataclass
@@ -47,7 +50,7 @@ class DemoConfig:
     sources: list[str] = field(default_factory=lambda: ['docstrings'])
     """Corpus sources for ``prepare`` (docstrings, .txt/.jsonl files, hf:<name>)."""
     methods: list[str] = field(default_factory=lambda: ['wesar', 'small'])
-    """Methods to compare: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto."""
+    """Methods to compare: small, he, weight_norm, sigma_reparam, residual_scaling, wesar, wesar_auto, multipliers."""
     seeds: list[int] = field(default_factory=lambda: [17])
     """One run per seed and method."""
     lrs: list[float] | None = None
