@@ -447,9 +447,9 @@ def main() -> None:
     log, rows = runs_log(out)
     done = {r['key'] for r in rows}
     seeds = [int(s) for s in args.seeds.split(',')]
-    at_wd = lambda dc: [r for r in rows if r.get('decay', DECAY) == dc]  # noqa: E731 -- the lr grid is at DECAY
+    at_decay = lambda dc: [r for r in rows if r.get('decay', DECAY) == dc]  # noqa: E731 -- the lr grid is at DECAY
     mine = lambda pts: [p for p in pts if p[2] in methods]  # noqa: E731
-    planned = mine(edge_plan(at_wd(DECAY), seeds) if args.sweep == 'edges' else
+    planned = mine(edge_plan(at_decay(DECAY), seeds) if args.sweep == 'edges' else
                    wd_plan(seeds[0], methods) if args.sweep == 'wd' else plan(seeds))
     todo = [] if args.report_only else [p for p in planned if key(*p) not in done]
     start, walls = time.perf_counter(), []
@@ -491,19 +491,19 @@ def main() -> None:
                 for sh, by_m in analyse(rs).items() for m, s in by_m.items() if m in methods for sd in extra]
 
     if args.sweep == 'lr' and not args.report_only:
-        run_missing(mine(edge_plan(at_wd(DECAY), seeds)))  # the edge lrs the whole grid calls for, then the third seed at each best lr
-        run_missing(at_best(DECAY, at_wd(DECAY), [args.third_seed]))
+        run_missing(mine(edge_plan(at_decay(DECAY), seeds)))  # the edge lrs the whole grid calls for, then the third seed at each best lr
+        run_missing(at_best(DECAY, at_decay(DECAY), [args.third_seed]))
     if args.sweep == 'wd':
         if not args.report_only:
             for dc in DECAYS:
-                run_missing([(*p, dc) for p in mine(edge_plan(wd_rows(at_wd(dc)), seeds[:1]))])
+                run_missing([(*p, dc) for p in mine(edge_plan(wd_rows(at_decay(dc)), seeds[:1]))])
             for _ in range(2):  # the other seeds at each best lr; again once if a new seed moved the best
                 for dc in DECAYS:
-                    run_missing(at_best(dc, wd_rows(at_wd(dc)), [*seeds[1:], args.third_seed]))
+                    run_missing(at_best(dc, wd_rows(at_decay(dc)), [*seeds[1:], args.third_seed]))
         return wd_report(rows, out)
 
-    summ = analyse(at_wd(DECAY))
-    md = table(summ, {sd: analyse([r for r in at_wd(DECAY) if r['seed'] == sd]) for sd in seeds})
+    summ = analyse(at_decay(DECAY))
+    md = table(summ, {sd: analyse([r for r in at_decay(DECAY) if r['seed'] == sd]) for sd in seeds})
     (out / 'table.md').write_text(md + '\n')
     (out / 'summary.json').write_text(json.dumps(summ, indent=1, default=str))
     plot(summ, [shape(d, DEPTH_AT) for d in WIDTHS], f'width (N={DEPTH_AT})', out / 'transfer-width')
