@@ -225,7 +225,7 @@ def plot(summ: dict[str, dict[str, Any]], series: list[str], label: str, path: P
                 continue
             lrs = sorted(s['loss'])
             ax.plot(lrs, [s['loss'][lr] for lr in lrs], marker='o', label=sh)
-            ax.plot([s['best_lr']], [s['best']], marker='*', markersize=12, color=ax.lines[-1].get_color())
+            ax.plot([s['best_lr']], [s['loss'][s['best_lr']]], marker='*', markersize=12, color=ax.lines[-1].get_color())
         ax.set_xscale('log')
         ax.set_title(m)
         ax.set_xlabel('peak learning rate')
