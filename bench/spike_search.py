@@ -125,6 +125,9 @@ def one_run(setting: str, method: str, seed: int, work: Path, data_root: Path) -
     from wesar_foundry.foundry.callbacks.loss_spike_monitor import LossSpikeMonitor
 
     p = parse_setting(setting)
+    if {'weight_decay', 'decoupled_weight_decay'} <= set(p):
+        raise SystemExit(f'setting {setting!r}: wd (torch AdamW terms) and dwd (Composer\'s decoupled value) '
+                         'set the same weight decay: give one')
     extra = {k: p.pop(k) for k in ('lr', 'z_loss', 'sigma2', 'ref_width', 'weight_decay', 'decoupled_weight_decay')
              if k in p}
     # One lr for every method (the demo's default is each method's own best lr; this protocol is not that).

@@ -214,23 +214,26 @@ def table(summ: dict[str, dict[str, Any]], by_seed: dict[int, dict[str, dict[str
 
 def plot(summ: dict[str, dict[str, Any]], series: list[str], label: str, path: Path) -> None:
     """The transfer figure: held-out loss against lr, one panel per method, one curve per shape."""
+    lr_curves({m: {sh: summ[sh][m] for sh in series if m in summ.get(sh, {})} for m in METHODS}, label, 4.0, path)
+
+
+def lr_curves(panels: dict[str, dict[str, dict[str, Any]]], legend: str | None, panel_width: float, path: Path) -> None:
+    """Held-out loss against lr, one panel per key of ``panels``, one curve per ``analyse`` summary in
+    it (its label the key), a star at its best lr; ``path`` with .png and .svg."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(4 * len(METHODS), 3.6), sharey=True)
-    for ax, m in zip(axes, METHODS):
-        for sh in series:
-            s = summ.get(sh, {}).get(m)
-            if not s:
-                continue
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), 3.6), sharey=True)
+    for ax, (title, curves) in zip(axes, panels.items()):
+        for label, s in curves.items():
             lrs = sorted(s['loss'])
-            ax.plot(lrs, [s['loss'][lr] for lr in lrs], marker='o', label=sh)
+            ax.plot(lrs, [s['loss'][lr] for lr in lrs], marker='o', label=label)
             ax.plot([s['best_lr']], [s['loss'][s['best_lr']]], marker='*', markersize=12, color=ax.lines[-1].get_color())
         ax.set_xscale('log')
-        ax.set_title(m)
+        ax.set_title(title)
         ax.set_xlabel('peak learning rate')
     axes[0].set_ylabel('held-out loss (nats/token)')
-    axes[-1].legend(title=label, fontsize=8)
+    axes[-1].legend(title=legend, fontsize=8)
     fig.tight_layout()
     for suffix in ('.png', '.svg'):
         fig.savefig(path.with_suffix(suffix), dpi=110)
@@ -238,7 +241,7 @@ def plot(summ: dict[str, dict[str, Any]], series: list[str], label: str, path: P
 
 
 def wd_report(rows: list[dict[str, Any]], out: Path) -> None:
-    """``<out>/weight_decay.md`` and ``weight-decay.png``: held-out loss against lr for DECAY_METHODS at
+    """``<out>/weight_decay.md`` and ``weight-decay.png``/``.svg``: held-out loss against lr for DECAY_METHODS at
     each weight decay, each method at its own best lr over every seed run there, and the learned
     multipliers' spread per role at that lr (mean over seeds)."""
     sh = shape(WIDTH_AT, DEPTH_AT)
@@ -281,25 +284,8 @@ def wd_report(rows: list[dict[str, Any]], out: Path) -> None:
     md = '\n'.join(lines)
     (out / 'weight_decay.md').write_text(md + '\n')
     print(md)
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(summ), figsize=(4.5 * len(summ), 3.6), sharey=True)
-    for ax, (dc, by_m) in zip(axes, summ.items()):
-        for m in DECAY_METHODS:
-            if m in by_m:
-                s = by_m[m]
-                lrs = sorted(s['loss'])
-                ax.plot(lrs, [s['loss'][lr] for lr in lrs], marker='o', label=m)
-                ax.plot([s['best_lr']], [s['loss'][s['best_lr']]], marker='*', markersize=12, color=ax.lines[-1].get_color())
-        ax.set_xscale('log')
-        ax.set_title(f'{sh}, {dc}')
-        ax.set_xlabel('peak learning rate')
-    axes[0].set_ylabel('held-out loss (nats/token)')
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / 'weight-decay.png', dpi=110)
-    plt.close(fig)
+    lr_curves({f'{sh}, {dc}': {m: by_m[m] for m in DECAY_METHODS if m in by_m} for dc, by_m in summ.items()},
+              None, 4.5, out / 'weight-decay')
 
 
 def rel_plan(seeds: list[int]) -> list[tuple[int, int, float, int]]:
